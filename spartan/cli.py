@@ -1,0 +1,22 @@
+"""The ``spartan`` command: one entry point for the service, the worker and local runs.
+
+Each sub-command parses its arguments and calls a plain function elsewhere.
+"""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(help="Train neural networks to a sparsity or hardware-cost budget.", no_args_is_help=True)
+
+
+@app.command()
+def version() -> None:
+    """Print the installed version."""
+    from importlib.metadata import version as _version
+
+    typer.echo(_version("spartan"))
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,65 @@
+"""All configuration, read once from the environment (prefix ``SPARTAN_``).
+
+Defaults are the embedded single-machine setup: everything under ``SPARTAN_HOME``
+(``~/.spartan``): a SQLite job store, a local artifact folder, and kombu's SQLAlchemy
+transport on a SQLite file as the Celery broker, so nothing else needs to be installed.
+Production points ``SPARTAN_DATABASE_URL`` at PostgreSQL and ``SPARTAN_BROKER_URL`` at Redis.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Service settings; every field can be set as ``SPARTAN_<FIELD>``."""
+
+    model_config = SettingsConfigDict(env_prefix="SPARTAN_", extra="ignore")
+
+    home: Path = Field(default_factory=lambda: Path.home() / ".spartan")
+    database_url: str = ""  # default: sqlite:///{home}/spartan.db
+    broker_url: str = ""  # default: sqla+sqlite:///{home}/broker.db
+    result_backend: str = ""  # default: db+sqlite:///{home}/results.db
+    artifact_dir: Path | None = None  # default: {home}/artifacts
+    upload_dir: Path | None = None  # default: {home}/uploads
+    checkpoint_dir: Path | None = None  # default: {home}/checkpoints
+    data_roots: list[Path] = Field(default_factory=list)  # default: [{home}/data]
+
+    auth_enabled: bool = False
+    max_upload_bytes: int = 1 << 30
+    max_body_bytes: int = 1 << 20  # JSON request bodies
+    max_delivery_attempts: int = 3
+    job_time_limit_s: int = 7 * 24 * 3600
+    checkpoint_every_steps: int = 200
+    progress_interval_s: float = 2.0
+    default_queue: str = "default"
+
+    @model_validator(mode="after")
+    def _fill_defaults(self) -> Settings:
+        self.home = self.home.expanduser()
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.home / 'spartan.db'}"
+        if not self.broker_url:
+            self.broker_url = f"sqla+sqlite:///{self.home / 'broker.db'}"
+        if not self.result_backend:
+            self.result_backend = f"db+sqlite:///{self.home / 'results.db'}"
+        self.artifact_dir = (self.artifact_dir or self.home / "artifacts").expanduser()
+        self.upload_dir = (self.upload_dir or self.home / "uploads").expanduser()
+        self.checkpoint_dir = (self.checkpoint_dir or self.home / "checkpoints").expanduser()
+        self.data_roots = [p.expanduser() for p in self.data_roots] or [self.home / "data"]
+        return self
+
+    def ensure_dirs(self) -> None:
+        """Create the local folders the settings name."""
+        for path in (self.home, self.artifact_dir, self.upload_dir, self.checkpoint_dir):
+            path.mkdir(parents=True, exist_ok=True)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings; tests call ``get_settings.cache_clear()`` after changing env."""
+    return Settings()

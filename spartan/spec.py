@@ -1,0 +1,183 @@
+"""The job specification: the contract between the API and the worker.
+
+Pydantic only (no torch, FastAPI or Celery), so both sides import it cheaply. Unknown fields
+are errors everywhere: a typo must not silently run a different job. Checks that need torch
+(does the architecture exist, can the target be reached) live beside the model registry in the
+worker package and are called by the API at submission.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSpec(_Strict):
+    """Which network to sparsify."""
+
+    source: Literal["timm", "torchvision"] = "torchvision"
+    name: str = Field(min_length=1, max_length=200, description="architecture, e.g. resnet18")
+    num_classes: int = Field(10, ge=2, le=100_000)
+    input_size: tuple[
+        Annotated[int, Field(ge=1, le=4)],
+        Annotated[int, Field(ge=8, le=4096)],
+        Annotated[int, Field(ge=8, le=4096)],
+    ] = Field((3, 32, 32), description="(channels, height, width) of one input")
+    checkpoint: str | None = Field(
+        None,
+        description="an upload id from POST /v1/uploads, or a .safetensors path under a data "
+        "root; .pt/.pth files are loaded with weights_only=True",
+    )
+
+
+class DataSpec(_Strict):
+    """Where the training and validation images come from."""
+
+    source: Literal["digits", "synthetic", "imagefolder"] = "digits"
+    path: str | None = Field(
+        None, description="imagefolder root (with train/ and val/ folders), under a data root"
+    )
+    val_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="digits/synthetic split")
+    num_samples: int = Field(1024, ge=16, le=10_000_000, description="synthetic only")
+    num_workers: int = Field(0, ge=0, le=64)
+
+    @model_validator(mode="after")
+    def _path_matches_source(self) -> DataSpec:
+        if self.source == "imagefolder" and not self.path:
+            raise ValueError("data.path is required when data.source is 'imagefolder'")
+        if self.source != "imagefolder" and self.path:
+            raise ValueError(f"data.path is only used with imagefolder, not {self.source!r}")
+        return self
+
+
+class SparsitySpec(_Strict):
+    """What to sparsify and how far. Give ``sparsity`` or ``cost_fraction``, not both."""
+
+    method: Literal["spartan", "topkast", "magnitude"] = "spartan"
+    sparsity: Fraction | None = Field(
+        None, description="fraction of maskable weights removed (params cost model only)"
+    )
+    cost_fraction: Annotated[float, Field(gt=0.0, le=1.0)] | None = Field(
+        None, description="kept fraction of the cost model's total cost"
+    )
+    distribution: Literal["global", "uniform", "erk"] = "global"
+    block_shape: tuple[Annotated[int, Field(ge=1, le=1024)], Annotated[int, Field(ge=1, le=1024)]] = (1, 1)
+    beta_init: float = Field(1.0, gt=0.0, le=1e6)
+    beta_max: float | None = Field(None, gt=0.0, le=1e6, description="default: the method's")
+    warmup_frac: float = Field(0.2, ge=0.0, lt=1.0)
+    finetune_frac: float = Field(0.2, ge=0.0, lt=1.0)
+    annealing: Literal["linear", "cosine"] = "cosine"
+    include: list[str] = Field(default_factory=list, max_length=1000)
+    exclude: list[str] = Field(default_factory=list, max_length=1000)
+
+    @model_validator(mode="after")
+    def _one_target(self) -> SparsitySpec:
+        if (self.sparsity is None) == (self.cost_fraction is None):
+            raise ValueError("sparsity: give exactly one of sparsity and cost_fraction")
+        if self.warmup_frac + self.finetune_frac >= 1.0:
+            raise ValueError("finetune_frac: warmup_frac + finetune_frac must be below 1")
+        return self
+
+    @property
+    def target(self) -> float:
+        """The kept cost fraction f (1 - sparsity when sparsity was given)."""
+        return 1.0 - self.sparsity if self.sparsity is not None else float(self.cost_fraction)
+
+
+class CostModelSpec(_Strict):
+    """The linear cost model: a registered name and its parameters (e.g. an inline table)."""
+
+    name: str = Field("params", min_length=1, max_length=100)
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class TrainingSpec(_Strict):
+    """How to train."""
+
+    epochs: int = Field(2, ge=1, le=10_000)
+    batch_size: int = Field(64, ge=1, le=65_536)
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(0.05, gt=0.0, le=10.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    weight_decay: float = Field(5e-4, ge=0.0, le=1.0)
+    lr_schedule: Literal["cosine", "constant"] = "cosine"
+    warmup_epochs: float = Field(0.0, ge=0.0, le=1000.0)
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    mixed_precision: Literal["auto", "off"] = Field(
+        "auto", description="auto: bfloat16/float16 autocast on CUDA, full precision on CPU"
+    )
+    checkpoint_every_steps: int | None = Field(None, ge=1, description="default: settings")
+
+
+class ResourcesSpec(_Strict):
+    """Where and for how long the job may run."""
+
+    queue: str = Field("default", min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")
+    time_limit_s: int = Field(24 * 3600, ge=10, le=30 * 24 * 3600)
+
+
+class JobSpec(_Strict):
+    """A complete training job."""
+
+    name: str | None = Field(None, max_length=200)
+    model: ModelSpec
+    data: DataSpec = Field(default_factory=DataSpec)
+    sparsity: SparsitySpec
+    cost_model: CostModelSpec = Field(default_factory=CostModelSpec)
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+
+    @field_validator("name")
+    @classmethod
+    def _printable_name(cls, value: str | None) -> str | None:
+        if value is not None and not value.isprintable():
+            raise ValueError("name must be printable text")
+        return value
+
+    @model_validator(mode="after")
+    def _sparsity_needs_params(self) -> JobSpec:
+        if self.sparsity.sparsity is not None and self.cost_model.name != "params":
+            raise ValueError(
+                "sparsity.sparsity: a sparsity target needs the params cost model; "
+                f"with cost model {self.cost_model.name!r} give sparsity.cost_fraction"
+            )
+        return self
+
+
+def resolve_data_path(path: str, data_roots: list[Path]) -> Path:
+    """The real path of a user-supplied file or folder, which must lie under a data root.
+
+    Raises:
+        ValueError: if it is outside every root or does not exist.
+    """
+    resolved = Path(path).expanduser().resolve()
+    roots = [Path(r).expanduser().resolve() for r in data_roots]
+    if not any(resolved == r or resolved.is_relative_to(r) for r in roots):
+        raise ValueError(f"{path!r} is outside the data roots {[str(r) for r in roots]}")
+    if not resolved.exists():
+        raise ValueError(f"{path!r} does not exist")
+    return resolved
+
+
+def check_paths(spec: JobSpec, data_roots: list[Path]) -> None:
+    """Check every path in the spec against the data roots (ValueError names the field)."""
+    if spec.data.path is not None:
+        try:
+            resolve_data_path(spec.data.path, data_roots)
+        except ValueError as exc:
+            raise ValueError(f"data.path: {exc}") from None
+    ckpt = spec.model.checkpoint
+    if ckpt is not None and not ckpt.startswith("upl_"):
+        try:
+            resolve_data_path(ckpt, data_roots)
+        except ValueError as exc:
+            raise ValueError(f"model.checkpoint: {exc}") from None

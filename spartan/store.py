@@ -1,0 +1,360 @@
+"""The job store (SQLAlchemy): the source of truth for jobs, uploads and API keys.
+
+SQLite by default, PostgreSQL by URL. The broker only carries job ids; everything a job is
+(spec, status, progress, metrics, error, delivery attempts, cancellation) lives here, so a lost
+broker message or a killed worker loses nothing. Functions return plain pydantic snapshots,
+never live ORM objects.
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import UTC, datetime
+from functools import lru_cache
+from typing import Any, Literal
+
+from pydantic import BaseModel
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+    func,
+    select,
+    update,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class JobRow(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (UniqueConstraint("owner", "idempotency_key", name="uq_owner_idempotency"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(100), index=True)
+    name: Mapped[str | None] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    progress: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    error: Mapped[str | None] = mapped_column(Text)
+    traceback: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    worker: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class UploadRow(Base):
+    __tablename__ = "uploads"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(100), index=True)
+    filename: Mapped[str] = mapped_column(String(300))
+    path: Mapped[str] = mapped_column(Text)
+    size: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64))
+    num_tensors: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class ApiKeyRow(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(100), index=True)
+    key_hash: Mapped[str] = mapped_column(String(128), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class Job(BaseModel):
+    """A snapshot of one job."""
+
+    id: str
+    owner: str
+    name: str | None
+    status: JobStatus
+    spec: dict[str, Any]
+    progress: dict[str, Any] | None
+    metrics: dict[str, Any] | None
+    error: str | None
+    traceback: str | None
+    attempts: int
+    cancel_requested: bool
+    worker: str | None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @property
+    def finished(self) -> bool:
+        return self.status in TERMINAL
+
+
+class Upload(BaseModel):
+    """A snapshot of one uploaded checkpoint."""
+
+    id: str
+    owner: str
+    filename: str
+    path: str
+    size: int
+    sha256: str
+    num_tensors: int
+    created_at: datetime
+
+
+def _job(row: JobRow) -> Job:
+    return Job.model_validate(row, from_attributes=True)
+
+
+def new_id(prefix: str) -> str:
+    """A random, URL-safe identifier such as ``job_3f9c...``."""
+    return f"{prefix}_{secrets.token_hex(12)}"
+
+
+@lru_cache(maxsize=8)
+def get_engine(url: str) -> Engine:
+    """One engine per database URL, with the schema created on first use."""
+    kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    if url.startswith("sqlite"):
+        kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+    engine = create_engine(url, **kwargs)
+    if url.startswith("sqlite"):
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+    Base.metadata.create_all(engine)
+    return engine
+
+
+class JobStore:
+    """Data access for jobs, uploads and API keys; every method is keyword-only."""
+
+    def __init__(self, url: str) -> None:
+        self.engine = get_engine(url)
+        self._session = sessionmaker(self.engine, expire_on_commit=False)
+
+    def session(self) -> Session:
+        return self._session()
+
+    # jobs -----------------------------------------------------------------------------------
+    def create_job(
+        self, *, owner: str, spec: dict[str, Any], idempotency_key: str | None = None
+    ) -> tuple[Job, bool]:
+        """Store a queued job; returns (job, created). A repeated idempotency key returns the
+        first job and ``created=False``."""
+        with self.session() as s:
+            if idempotency_key is not None:
+                found = s.scalar(
+                    select(JobRow).where(
+                        JobRow.owner == owner, JobRow.idempotency_key == idempotency_key
+                    )
+                )
+                if found is not None:
+                    return _job(found), False
+            row = JobRow(
+                id=new_id("job"),
+                owner=owner,
+                name=spec.get("name"),
+                status="queued",
+                spec=spec,
+                idempotency_key=idempotency_key,
+                attempts=0,
+                cancel_requested=False,
+            )
+            s.add(row)
+            s.commit()
+            return _job(row), True
+
+    def get_job(self, *, job_id: str, owner: str | None = None) -> Job | None:
+        """The job, or None when it does not exist or belongs to another owner."""
+        with self.session() as s:
+            row = s.get(JobRow, job_id)
+            if row is None or (owner is not None and row.owner != owner):
+                return None
+            return _job(row)
+
+    def list_jobs(
+        self,
+        *,
+        owner: str | None = None,
+        status: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> tuple[list[Job], int]:
+        """Jobs newest first, and the total count matching the filters."""
+        query = select(JobRow)
+        if owner is not None:
+            query = query.where(JobRow.owner == owner)
+        if status is not None:
+            query = query.where(JobRow.status == status)
+        with self.session() as s:
+            total = s.scalar(select(func.count()).select_from(query.subquery())) or 0
+            rows = s.scalars(
+                query.order_by(JobRow.created_at.desc(), JobRow.id).limit(limit).offset(offset)
+            ).all()
+            return [_job(r) for r in rows], total
+
+    def _update(self, job_id: str, *conditions: Any, **values: Any) -> bool:
+        values["updated_at"] = _now()
+        with self.session() as s:
+            result = s.execute(
+                update(JobRow).where(JobRow.id == job_id, *conditions).values(**values)
+            )
+            s.commit()
+            return result.rowcount > 0
+
+    def mark_enqueued(self, *, job_id: str) -> None:
+        """Record when the job's message was last sent to the broker."""
+        self._update(job_id, enqueued_at=_now())
+
+    def start_attempt(self, *, job_id: str, worker: str) -> Job | None:
+        """Count one delivery and mark the job running; None if it is already finished."""
+        with self.session() as s:
+            row = s.get(JobRow, job_id, with_for_update=True)
+            if row is None or row.status in TERMINAL:
+                return None
+            row.attempts += 1
+            row.status = "running"
+            row.worker = worker
+            row.started_at = row.started_at or _now()
+            row.updated_at = _now()
+            s.commit()
+            return _job(row)
+
+    def update_progress(self, *, job_id: str, progress: dict[str, Any]) -> None:
+        self._update(job_id, JobRow.status == "running", progress=progress)
+
+    def requeue(self, *, job_id: str) -> bool:
+        """Put a running job back to queued (preemption); False if it was not running."""
+        return self._update(job_id, JobRow.status == "running", status="queued", worker=None)
+
+    def finish(
+        self,
+        *,
+        job_id: str,
+        status: JobStatus,
+        metrics: dict[str, Any] | None = None,
+        error: str | None = None,
+        traceback: str | None = None,
+    ) -> bool:
+        """Move a job to a terminal status; False if it had already finished."""
+        assert status in TERMINAL, status
+        values: dict[str, Any] = {"status": status, "finished_at": _now()}
+        if metrics is not None:
+            values["metrics"] = metrics
+        if error is not None:
+            values["error"] = error[:2000]
+        if traceback is not None:
+            values["traceback"] = traceback[-20000:]
+        return self._update(job_id, JobRow.status.not_in(TERMINAL), **values)
+
+    def request_cancel(self, *, job_id: str) -> Job | None:
+        """Flag a job for cancellation; a queued job is cancelled at once."""
+        with self.session() as s:
+            row = s.get(JobRow, job_id, with_for_update=True)
+            if row is None:
+                return None
+            if row.status not in TERMINAL:
+                row.cancel_requested = True
+                if row.status == "queued":
+                    row.status = "cancelled"
+                    row.finished_at = _now()
+                row.updated_at = _now()
+                s.commit()
+            return _job(row)
+
+    def stale_queued(self, *, older_than: datetime) -> list[Job]:
+        """Queued jobs last enqueued before ``older_than`` (their message may be lost)."""
+        with self.session() as s:
+            rows = s.scalars(
+                select(JobRow).where(
+                    JobRow.status == "queued",
+                    (JobRow.enqueued_at.is_(None)) | (JobRow.enqueued_at < older_than),
+                )
+            ).all()
+            return [_job(r) for r in rows]
+
+    # uploads --------------------------------------------------------------------------------
+    def add_upload(
+        self, *, owner: str, filename: str, path: str, size: int, sha256: str, num_tensors: int
+    ) -> Upload:
+        with self.session() as s:
+            row = UploadRow(
+                id=new_id("upl"),
+                owner=owner,
+                filename=filename,
+                path=path,
+                size=size,
+                sha256=sha256,
+                num_tensors=num_tensors,
+            )
+            s.add(row)
+            s.commit()
+            return Upload.model_validate(row, from_attributes=True)
+
+    def get_upload(self, *, upload_id: str, owner: str | None = None) -> Upload | None:
+        with self.session() as s:
+            row = s.get(UploadRow, upload_id)
+            if row is None or (owner is not None and row.owner != owner):
+                return None
+            return Upload.model_validate(row, from_attributes=True)
+
+    # api keys -------------------------------------------------------------------------------
+    def add_api_key(self, *, owner: str, key_hash: str) -> str:
+        with self.session() as s:
+            row = ApiKeyRow(id=new_id("key"), owner=owner, key_hash=key_hash, revoked=False)
+            s.add(row)
+            s.commit()
+            return row.id
+
+    def owner_for_key_hash(self, *, key_hash: str) -> str | None:
+        with self.session() as s:
+            row = s.scalar(
+                select(ApiKeyRow).where(ApiKeyRow.key_hash == key_hash, ApiKeyRow.revoked.is_(False))
+            )
+            return row.owner if row is not None else None
+
+
+def get_store(url: str | None = None) -> JobStore:
+    """The store at ``url``, or at the configured database URL."""
+    if url is None:
+        from spartan.settings import get_settings
+
+        url = get_settings().database_url
+    return _store(url)
+
+
+@lru_cache(maxsize=8)
+def _store(url: str) -> JobStore:
+    return JobStore(url)

@@ -1,0 +1,20 @@
+"""Spartan: sparse training with soft top-k masks (Tai, Tian and Lim, NeurIPS 2022).
+
+A plain PyTorch library with no service dependencies.
+"""
+
+from spartan_core.blocks import block_values, expand_block_mask
+from spartan_core.costs import CostModel, LayerCost, ParamsCost
+from spartan_core.layers import MaskTarget, find_targets, layer_predicate, maskable_targets
+
+__all__ = [
+    "CostModel",
+    "LayerCost",
+    "MaskTarget",
+    "ParamsCost",
+    "block_values",
+    "expand_block_mask",
+    "find_targets",
+    "layer_predicate",
+    "maskable_targets",
+]
