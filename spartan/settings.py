@@ -38,6 +38,12 @@ class Settings(BaseSettings):
     progress_interval_s: float = 2.0
     default_queue: str = "default"
 
+    # REST API and its clients (api/, spartan/client.py)
+    api_url: str = "http://127.0.0.1:8000"  # where the CLI finds the service
+    api_key: str = ""  # bearer token the CLI sends when the service has auth on
+    cancel_grace_s: float = 30.0  # cooperative cancel window before the task is killed
+    requeue_after_s: float = 3600.0  # on start, re-send queued jobs enqueued longer ago
+
     @model_validator(mode="after")
     def _fill_defaults(self) -> Settings:
         self.home = self.home.expanduser()
