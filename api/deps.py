@@ -1,0 +1,61 @@
+"""Dependencies shared by the routes, as ``Annotated`` aliases.
+
+Everything comes from ``app.state`` (set by ``api.main.create_app``), so tests build an app
+with their own settings, store and broker.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Path, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from api import services
+from api.auth import owner_for_token
+from api.broker import Broker
+from spartan.settings import Settings
+from spartan.store import Job, JobStore
+
+_bearer = HTTPBearer(auto_error=False, description="an API key from `spartan apikey create`")
+
+
+def _settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def _store(request: Request) -> JobStore:
+    return request.app.state.store
+
+
+def _broker(request: Request) -> Broker:
+    return request.app.state.broker
+
+
+SettingsDep = Annotated[Settings, Depends(_settings)]
+StoreDep = Annotated[JobStore, Depends(_store)]
+BrokerDep = Annotated[Broker, Depends(_broker)]
+
+
+async def _owner(
+    settings: SettingsDep,
+    store: StoreDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> str:
+    token = credentials.credentials if credentials is not None else None
+    if not settings.auth_enabled:
+        return owner_for_token(store, None, auth_enabled=False)
+    return await run_in_threadpool(owner_for_token, store, token, auth_enabled=True)
+
+
+OwnerDep = Annotated[str, Depends(_owner)]
+
+JobIdPath = Annotated[str, Path(min_length=1, max_length=40, description="a job id")]
+
+
+async def _owned_job(job_id: JobIdPath, store: StoreDep, owner: OwnerDep) -> Job:
+    return await run_in_threadpool(services.get_owned_job, store, job_id=job_id, owner=owner)
+
+
+OwnedJobDep = Annotated[Job, Depends(_owned_job)]

@@ -1,0 +1,92 @@
+"""The FastAPI application: ``create_app()`` wires settings, store, broker and routers.
+
+Run it with ``spartan serve`` (API and an embedded worker) or
+``uvicorn --factory api.main:create_app``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.concurrency import run_in_threadpool
+
+from api import errors, services
+from api.broker import Broker, CeleryBroker
+from api.metrics import Metrics, MetricsMiddleware
+from api.routes import artifacts, catalog, health, jobs, plans, uploads
+from spartan.settings import Settings, get_settings
+from spartan.store import get_store
+
+log = logging.getLogger(__name__)
+
+# Multipart framing around an uploaded file (boundaries, part headers, a filename).
+_MULTIPART_SLACK = 64 * 1024
+
+
+def create_app(
+    settings: Settings | None = None, *, broker: Broker | None = None, requeue_on_start: bool = True
+) -> FastAPI:
+    """Build the service.
+
+    Args:
+        settings: defaults to ``get_settings()``.
+        broker: defaults to the Celery app of ``worker.celery_app`` for these settings.
+        requeue_on_start: re-send queued jobs whose broker message may be lost, at startup.
+    """
+    settings = settings or get_settings()
+    settings.ensure_dirs()
+    store = get_store(settings.database_url)  # creates the schema
+    broker = broker or CeleryBroker(settings)
+    cancel_watchers: set[asyncio.Task[None]] = set()
+
+    async def _enforce_cancel_later(job_id: str) -> None:
+        await asyncio.sleep(settings.cancel_grace_s)
+        killed = await run_in_threadpool(
+            services.enforce_cancel, store=store, broker=broker, job_id=job_id
+        )
+        if killed:
+            log.warning(
+                "job %s did not stop within %.0f s; terminated", job_id, settings.cancel_grace_s
+            )
+
+    def watch_cancel(job_id: str) -> None:
+        task = asyncio.get_running_loop().create_task(_enforce_cancel_later(job_id))
+        cancel_watchers.add(task)
+        task.add_done_callback(cancel_watchers.discard)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if requeue_on_start:
+            await run_in_threadpool(
+                services.requeue_lost, store=store, broker=broker, settings=settings
+            )
+        yield
+        for task in list(cancel_watchers):
+            task.cancel()
+
+    app = FastAPI(
+        title="spartan",
+        summary="Train neural networks to a sparsity or hardware-cost budget (Spartan).",
+        version="0.1.0",
+        lifespan=lifespan,
+        max_body_size=settings.max_body_bytes,
+    )
+    app.state.settings = settings
+    app.state.store = store
+    app.state.broker = broker
+    app.state.metrics = Metrics(store)
+    app.state.watch_cancel = watch_cancel
+    errors.install(app)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+
+    app.include_router(jobs.router)
+    app.include_router(artifacts.router)
+    app.include_router(uploads.router, max_body_size=settings.max_upload_bytes + _MULTIPART_SLACK)
+    app.include_router(plans.router)
+    app.include_router(catalog.router)
+    app.include_router(health.router)
+    return app

@@ -1,0 +1,149 @@
+"""Jobs: submit, list, read, cancel, and follow progress as server-sent events."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterable
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.sse import EventSourceResponse, ServerSentEvent
+
+from api import services
+from api.deps import BrokerDep, OwnedJobDep, OwnerDep, SettingsDep, StoreDep
+from api.schemas import ErrorPublic, JobCreated, JobPublic, JobsPublic
+from spartan.spec import JobSpec
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+_ERRORS = {
+    400: {"model": ErrorPublic, "description": "invalid request (the field is named)"},
+    401: {"model": ErrorPublic, "description": "missing or unknown API key"},
+    404: {"model": ErrorPublic, "description": "no such job for this owner"},
+    422: {"model": ErrorPublic, "description": "schema validation failed"},
+}
+EVENT_POLL_S = 0.5
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=JobCreated,
+    responses={**_ERRORS, 409: {"model": ErrorPublic}, 413: {"model": ErrorPublic}},
+)
+def create_job(
+    spec: JobSpec,
+    response: Response,
+    settings: SettingsDep,
+    store: StoreDep,
+    broker: BrokerDep,
+    owner: OwnerDep,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            min_length=1,
+            max_length=200,
+            description="a retried submit with the same key returns the first job",
+        ),
+    ] = None,
+) -> JobCreated:
+    """Submit a training job. It is stored as ``queued``, then handed to a worker."""
+    job, created = services.submit_job(
+        spec,
+        settings=settings,
+        store=store,
+        broker=broker,
+        owner=owner,
+        idempotency_key=idempotency_key,
+    )
+    if not created:
+        response.headers["Idempotent-Replayed"] = "true"
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    return JobCreated(id=job.id, status=job.status)
+
+
+@router.get("", response_model=JobsPublic, responses=_ERRORS)
+def list_jobs(
+    store: StoreDep,
+    owner: OwnerDep,
+    status: Annotated[
+        Literal["queued", "running", "succeeded", "failed", "cancelled"] | None, Query()
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
+) -> JobsPublic:
+    """The owner's jobs, newest first, one page at a time."""
+    jobs, count = store.list_jobs(owner=owner, status=status, limit=limit, offset=offset)
+    return JobsPublic(
+        data=[JobPublic.from_job(j) for j in jobs], count=count, limit=limit, offset=offset
+    )
+
+
+@router.get("/{job_id}", response_model=JobPublic, responses=_ERRORS)
+def get_job(job: OwnedJobDep) -> JobPublic:
+    """Status, progress, metrics and error of one job."""
+    return JobPublic.from_job(job)
+
+
+@router.post("/{job_id}/cancel", response_model=JobPublic, responses=_ERRORS)
+async def cancel_job(
+    job: OwnedJobDep,
+    request: Request,
+    store: StoreDep,
+    owner: OwnerDep,
+) -> JobPublic:
+    """Cancel a job: a queued job at once, a running one at its next training step.
+
+    If a running job has not stopped after ``settings.cancel_grace_s`` seconds its task is
+    terminated and the job recorded as cancelled.
+    """
+    cancelled = await run_in_threadpool(
+        services.cancel_job, store=store, job_id=job.id, owner=owner
+    )
+    if cancelled.status == "running":
+        request.app.state.watch_cancel(cancelled.id)
+    return JobPublic.from_job(cancelled)
+
+
+@router.get(
+    "/{job_id}/events",
+    response_class=EventSourceResponse,
+    responses={
+        **_ERRORS,
+        200: {
+            "description": "`progress` events ({id, status, progress}) whenever either "
+            "changes, then one `end` event with the whole job when it has finished"
+        },
+    },
+)
+async def job_events(
+    job: OwnedJobDep, request: Request, store: StoreDep
+) -> AsyncIterable[ServerSentEvent]:
+    """Follow a job live: progress events until it ends, then a final ``end`` event."""
+    last = None
+    seq = 0
+    while True:
+        current = await run_in_threadpool(store.get_job, job_id=job.id)
+        if current is None:
+            return
+        snapshot = (current.status, current.progress)
+        if snapshot != last:
+            seq += 1
+            last = snapshot
+            yield ServerSentEvent(
+                event="progress",
+                id=str(seq),
+                data={"id": current.id, "status": current.status, "progress": current.progress},
+            )
+        if current.finished:
+            yield ServerSentEvent(
+                event="end",
+                id=str(seq + 1),
+                data=JobPublic.from_job(current).model_dump(mode="json"),
+            )
+            return
+        if await request.is_disconnected():
+            return
+        await asyncio.sleep(EVENT_POLL_S)

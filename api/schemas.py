@@ -1,0 +1,181 @@
+"""Request and response schemas of the REST API, one family per resource.
+
+The job body itself is ``spartan.spec.JobSpec``, shared with the worker; everything here is
+what the API adds around it (identifiers, status, pagination wrappers, plan requests, errors).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from spartan.spec import CostModelSpec, ModelSpec
+from spartan.store import Job, JobStatus, Upload
+
+
+class ErrorItem(BaseModel):
+    """One problem with a request: where (``loc``) and why (``msg``)."""
+
+    loc: list[str | int]
+    msg: str
+    type: str = "value_error"
+
+
+class ErrorPublic(BaseModel):
+    """The body of every 4xx/5xx answer."""
+
+    detail: list[ErrorItem]
+
+
+# jobs -----------------------------------------------------------------------------------------
+class JobCreated(BaseModel):
+    """The answer to a submission."""
+
+    id: str
+    status: JobStatus
+
+
+class JobPublic(BaseModel):
+    """A job as its owner sees it."""
+
+    id: str
+    name: str | None
+    status: JobStatus
+    progress: dict[str, Any] | None = Field(
+        None, description="latest progress: step, epoch, loss, accuracy, sparsity, eta_s, ..."
+    )
+    metrics: dict[str, Any] | None = Field(None, description="final metrics of a finished job")
+    error: str | None = Field(None, description="why a failed job failed")
+    attempts: int
+    cancel_requested: bool
+    spec: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @classmethod
+    def from_job(cls, job: Job) -> JobPublic:
+        return cls.model_validate(job.model_dump(exclude={"owner", "traceback", "worker"}))
+
+
+class JobsPublic(BaseModel):
+    """One page of jobs, newest first; ``count`` is the total matching the filter."""
+
+    data: list[JobPublic]
+    count: int
+    limit: int
+    offset: int
+
+
+# artifacts ------------------------------------------------------------------------------------
+class ArtifactPublic(BaseModel):
+    """One file a finished (or running) job left in its artifact folder."""
+
+    name: str
+    size: int = Field(description="bytes")
+    url: str
+
+
+class ArtifactsPublic(BaseModel):
+    data: list[ArtifactPublic]
+    count: int
+
+
+# uploads --------------------------------------------------------------------------------------
+class UploadPublic(BaseModel):
+    """A stored checkpoint; use ``id`` as ``model.checkpoint`` in a job or a plan."""
+
+    id: str
+    filename: str
+    size: int = Field(description="bytes")
+    sha256: str
+    num_tensors: int
+    created_at: datetime
+
+    @classmethod
+    def from_upload(cls, upload: Upload) -> UploadPublic:
+        return cls.model_validate(upload.model_dump(exclude={"owner", "path"}))
+
+
+# plans ----------------------------------------------------------------------------------------
+class PlanCreate(BaseModel):
+    """A one-shot plan: how a target would be spread over the layers, without training.
+
+    The allocation is the hard top-k of |w| per unit cost over the model's current weights
+    (randomly initialised, or ``model.checkpoint``: an upload id).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: ModelSpec
+    cost_model: CostModelSpec = Field(default_factory=CostModelSpec)
+    sparsity: Annotated[float, Field(gt=0.0, lt=1.0)] | None = Field(
+        None, description="fraction of maskable weights removed (params cost model only)"
+    )
+    cost_fraction: Annotated[float, Field(gt=0.0, le=1.0)] | None = Field(
+        None, description="kept fraction of the cost model's total cost"
+    )
+    distribution: Literal["global", "uniform", "erk"] = "global"
+    block_shape: tuple[
+        Annotated[int, Field(ge=1, le=1024)], Annotated[int, Field(ge=1, le=1024)]
+    ] = (1, 1)
+    include: list[Annotated[str, Field(max_length=500)]] = Field(
+        default_factory=list, max_length=1000
+    )
+    exclude: list[Annotated[str, Field(max_length=500)]] = Field(
+        default_factory=list, max_length=1000
+    )
+
+    @model_validator(mode="after")
+    def _one_target(self) -> PlanCreate:
+        if (self.sparsity is None) == (self.cost_fraction is None):
+            raise ValueError("sparsity: give exactly one of sparsity and cost_fraction")
+        if self.sparsity is not None and self.cost_model.name != "params":
+            raise ValueError(
+                "sparsity: a sparsity target needs the params cost model; "
+                f"with cost model {self.cost_model.name!r} give cost_fraction"
+            )
+        return self
+
+    @property
+    def target(self) -> float:
+        """The kept cost fraction f."""
+        return 1.0 - self.sparsity if self.sparsity is not None else float(self.cost_fraction)
+
+
+class PlanPublic(BaseModel):
+    """The plan: per-layer allocation and predicted cost (as ``cost_models.plan`` gives it)."""
+
+    model: str
+    cost_model: str
+    target: float = Field(description="kept cost fraction")
+    plan: dict[str, Any]
+
+
+# registries -----------------------------------------------------------------------------------
+class ModelPublic(BaseModel):
+    source: str
+    name: str
+
+
+class ModelsPublic(BaseModel):
+    data: list[ModelPublic]
+    count: int
+
+
+class CostModelsPublic(BaseModel):
+    data: list[dict[str, Any]]
+    count: int
+
+
+# health ---------------------------------------------------------------------------------------
+class HealthPublic(BaseModel):
+    status: Literal["ok"]
+
+
+class ReadyPublic(BaseModel):
+    status: Literal["ready", "unavailable"]
+    checks: dict[str, str] = Field(description="component -> 'ok' or the error")
