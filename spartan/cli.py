@@ -18,5 +18,14 @@ def version() -> None:
     typer.echo(_version("spartan"))
 
 
+def _register_service_commands() -> None:
+    # serve, demo, submit, status, cancel, download, plan, jobs, apikey (spartan/service_cli.py)
+    from spartan.service_cli import register
+
+    register(app)
+
+
+_register_service_commands()
+
 if __name__ == "__main__":
     app()

@@ -1,0 +1,275 @@
+"""The service sub-commands of ``spartan``: serve, demo, submit, status, cancel, download,
+plan, jobs and apikey. ``spartan.cli`` registers them with ``register(app)``.
+
+Client commands talk to ``SPARTAN_API_URL`` (default http://127.0.0.1:8000) with the bearer
+token ``SPARTAN_API_KEY`` when set.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import uuid
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from spartan.client import SpartanAPIError, SpartanClient, format_detail
+from spartan.settings import get_settings
+
+console = Console()
+err_console = Console(stderr=True)
+
+apikey_app = typer.Typer(help="Manage API keys (written straight to the job store).")
+
+
+def _client() -> SpartanClient:
+    return SpartanClient.from_settings(get_settings())
+
+
+def _fail(exc: SpartanAPIError) -> typer.Exit:
+    err_console.print(f"[red]error {exc.status_code}[/red]: {format_detail(exc.detail)}")
+    return typer.Exit(code=2)
+
+
+def _print_json(data: Any) -> None:
+    console.print_json(json.dumps(data, default=str))
+
+
+def serve(
+    host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port")] = 8000,
+    worker: Annotated[bool, typer.Option(help="also start an embedded worker process")] = True,
+) -> None:
+    """Start the API and a worker (state under SPARTAN_HOME; embedded defaults)."""
+    from spartan.serve import run_service
+
+    run_service(get_settings(), host=host, port=port, worker=worker)
+
+
+def demo(
+    spec: Annotated[
+        Path | None, typer.Argument(help="job spec (default: examples/quickstart.yaml)")
+    ] = None,
+) -> None:
+    """Start the service, run the quickstart job end to end, print its results, stop."""
+    from spartan.serve import QUICKSTART, run_demo
+
+    raise typer.Exit(code=run_demo(get_settings(), spec_path=spec or QUICKSTART, console=console))
+
+
+def load_spec(path: Path) -> dict[str, Any]:
+    """A job spec from a YAML or JSON file, as a dict."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise typer.BadParameter(f"cannot read {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise typer.BadParameter(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def submit(
+    spec: Annotated[Path, typer.Argument(help="job spec, YAML or JSON", exists=True)],
+    wait: Annotated[bool, typer.Option(help="follow progress until the job ends")] = False,
+    idempotency_key: Annotated[
+        str | None, typer.Option(help="retrying with the same key returns the same job")
+    ] = None,
+) -> None:
+    """Submit a job; with --wait show a live progress bar and the results."""
+    from spartan.serve import follow, print_summary, summarize
+
+    body = load_spec(spec)
+    key = idempotency_key or str(uuid.uuid4())
+    try:
+        with _client() as client:
+            job = client.submit(body, idempotency_key=key)
+            console.print(f"{job['id']} {job['status']}")
+            if not wait:
+                return
+            final = follow(client, job["id"], console=console)
+            print_summary(summarize(client, final, get_settings()), console)
+    except SpartanAPIError as exc:
+        raise _fail(exc) from None
+    if final["status"] != "succeeded":
+        raise typer.Exit(code=1)
+
+
+def status(job_id: Annotated[str, typer.Argument(help="job id")]) -> None:
+    """Show a job's status, progress, metrics and error (JSON)."""
+    try:
+        with _client() as client:
+            job = client.job(job_id)
+    except SpartanAPIError as exc:
+        raise _fail(exc) from None
+    job.pop("spec", None)
+    _print_json(job)
+
+
+def cancel(job_id: Annotated[str, typer.Argument(help="job id")]) -> None:
+    """Cancel a job (queued: at once; running: at its next step)."""
+    try:
+        with _client() as client:
+            job = client.cancel(job_id)
+    except SpartanAPIError as exc:
+        raise _fail(exc) from None
+    console.print(f"{job['id']} {job['status']} (cancel requested)")
+
+
+def download(
+    job_id: Annotated[str, typer.Argument(help="job id")],
+    names: Annotated[list[str] | None, typer.Argument(help="artifact names (default: all)")] = None,
+    out: Annotated[Path, typer.Option(help="folder to write into")] = Path("."),
+) -> None:
+    """Download a job's artifacts."""
+    folder = out / job_id if not names else out
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        with _client() as client:
+            wanted = names or [a["name"] for a in client.artifacts(job_id)["data"]]
+            for name in wanted:
+                path = client.download(job_id, name, folder / name)
+                console.print(f"{path}")
+    except SpartanAPIError as exc:
+        raise _fail(exc) from None
+
+
+def _block(value: str) -> list[int]:
+    try:
+        rows, cols = (int(v) for v in value.lower().split("x"))
+    except ValueError:
+        raise typer.BadParameter(f"expected ROWSxCOLS such as 4x4, got {value!r}") from None
+    return [rows, cols]
+
+
+def plan(
+    architecture: Annotated[str, typer.Argument(help="e.g. resnet50")],
+    source: Annotated[str, typer.Option(help="timm or torchvision")] = "torchvision",
+    sparsity: Annotated[float | None, typer.Option(help="fraction of weights removed")] = None,
+    cost_fraction: Annotated[float | None, typer.Option(help="kept fraction of the cost")] = None,
+    cost_model: Annotated[str, typer.Option(help="registered cost model")] = "params",
+    cost_params: Annotated[str, typer.Option(help="cost model parameters as JSON")] = "{}",
+    block: Annotated[str, typer.Option(help="block shape ROWSxCOLS")] = "1x1",
+    distribution: Annotated[str, typer.Option(help="global, uniform or erk")] = "global",
+    input_size: Annotated[str, typer.Option(help="C,H,W")] = "3,224,224",
+    num_classes: Annotated[int, typer.Option()] = 1000,
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="a .safetensors file to upload and plan from")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the raw answer")] = False,
+) -> None:
+    """One-shot plan: per-layer allocation and predicted cost, without training."""
+    try:
+        params = json.loads(cost_params)
+        size = [int(v) for v in input_size.split(",")]
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    body: dict[str, Any] = {
+        "model": {
+            "source": source,
+            "name": architecture,
+            "num_classes": num_classes,
+            "input_size": size,
+        },
+        "cost_model": {"name": cost_model, "params": params},
+        "block_shape": _block(block),
+        "distribution": distribution,
+    }
+    if sparsity is not None:
+        body["sparsity"] = sparsity
+    if cost_fraction is not None:
+        body["cost_fraction"] = cost_fraction
+    try:
+        with _client() as client:
+            if checkpoint is not None:
+                body["model"]["checkpoint"] = client.upload(checkpoint)["id"]
+            answer = client.plan(body)
+    except SpartanAPIError as exc:
+        raise _fail(exc) from None
+    if as_json:
+        _print_json(answer)
+        return
+    print_plan(answer)
+
+
+def print_plan(answer: dict[str, Any]) -> None:
+    """The plan's per-layer rows as a table, then its totals."""
+    result = answer.get("plan", {})
+    layers = result.get("layers") or []
+    table = Table(
+        title=f"{answer['model']} under {answer['cost_model']}, target {answer['target']:g}"
+    )
+    columns = [
+        k
+        for k in ("name", "entries", "kept", "density", "cost_dense", "cost_sparse")
+        if layers and k in layers[0]
+    ]
+    columns = columns or (sorted(layers[0]) if layers else [])
+    for col in columns:
+        table.add_column(col, justify="left" if col == "name" else "right")
+    for row in layers:
+        table.add_row(*(_cell(row.get(c)) for c in columns))
+    console.print(table)
+    totals = {k: v for k, v in result.items() if k != "layers"}
+    if totals:
+        _print_json(totals)
+
+
+def _cell(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def jobs(
+    status_filter: Annotated[
+        str | None, typer.Option("--status", help="queued, running, succeeded, failed, cancelled")
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, max=200)] = 20,
+    offset: Annotated[int, typer.Option(min=0)] = 0,
+) -> None:
+    """List your jobs, newest first."""
+    try:
+        with _client() as client:
+            page = client.jobs(status=status_filter, limit=limit, offset=offset)
+    except SpartanAPIError as exc:
+        raise _fail(exc) from None
+    table = Table(title=f"{page['count']} job(s)")
+    for col in ("id", "name", "status", "created", "error"):
+        table.add_column(col)
+    for job in page["data"]:
+        table.add_row(
+            job["id"],
+            job.get("name") or "",
+            job["status"],
+            job["created_at"][:19],
+            (job.get("error") or "")[:60],
+        )
+    console.print(table)
+
+
+@apikey_app.command("create")
+def apikey_create(
+    owner: Annotated[str, typer.Option(help="who the key acts for")],
+) -> None:
+    """Create an API key for OWNER and print it once (only its hash is stored)."""
+    from api.auth import create_api_key
+    from spartan.store import get_store
+
+    settings = get_settings()
+    settings.ensure_dirs()
+    try:
+        key = create_api_key(get_store(settings.database_url), owner=owner)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--owner") from None
+    sys.stdout.write(key + "\n")
+    err_console.print(f"API key for {owner!r} created; it is shown only once.")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the service commands to the ``spartan`` command."""
+    for command in (serve, demo, submit, status, cancel, download, plan, jobs):
+        app.command()(command)
+    app.add_typer(apikey_app, name="apikey")
