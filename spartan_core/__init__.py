@@ -6,15 +6,27 @@ A plain PyTorch library with no service dependencies.
 from spartan_core.blocks import block_values, expand_block_mask
 from spartan_core.costs import CostModel, LayerCost, ParamsCost
 from spartan_core.layers import MaskTarget, find_targets, layer_predicate, maskable_targets
+from spartan_core.soft_topk import (
+    SoftTopKResult,
+    hard_threshold,
+    soft_mask,
+    soft_topk,
+    solve_dual,
+)
 
 __all__ = [
     "CostModel",
     "LayerCost",
     "MaskTarget",
     "ParamsCost",
+    "SoftTopKResult",
     "block_values",
     "expand_block_mask",
     "find_targets",
+    "hard_threshold",
     "layer_predicate",
     "maskable_targets",
+    "soft_mask",
+    "soft_topk",
+    "solve_dual",
 ]

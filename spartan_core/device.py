@@ -1,0 +1,63 @@
+"""Device handling in one place: which device to use, mixed precision, synchronisation.
+
+Every device-specific branch of the project lives here, so the rest of the code runs unchanged
+on CUDA (with mixed precision) and on CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+
+
+def default_device() -> torch.device:
+    """CUDA when available, else CPU."""
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """Turn a user choice (``None``/``"auto"``, ``"cpu"``, ``"cuda:1"``...) into a device.
+
+    Raises:
+        ValueError: for an unknown device string, or CUDA asked for on a machine without it.
+    """
+    if device is None or device == "auto":
+        return default_device()
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as exc:
+        raise ValueError(f"device: unknown device {device!r}") from exc
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device: {device!r} requested but CUDA is not available")
+    return resolved
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """The mixed-precision dtype used on ``device``, or ``None`` for full precision (CPU)."""
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+@contextlib.contextmanager
+def autocast(device: torch.device) -> Iterator[None]:
+    """Mixed precision on CUDA (bfloat16 when supported, else float16); a null context on CPU."""
+    dtype = autocast_dtype(device)
+    if dtype is None:
+        yield
+        return
+    with torch.autocast(device_type=device.type, dtype=dtype):
+        yield
+
+
+def needs_grad_scaler(device: torch.device) -> bool:
+    """Whether training on ``device`` needs a gradient scaler (float16 autocast does)."""
+    return autocast_dtype(device) == torch.float16
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued work on ``device`` (a no-op on CPU); use before reading timers."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
