@@ -1,0 +1,188 @@
+"""Typed, validated configuration of a ``Sparsifier``.
+
+Strings naming a method, a distribution or a cost model are checked here and turned into
+objects at one boundary (``resolve_cost_model`` and the registries' ``get_*`` functions).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from spartan_core.blocks import BlockShape
+from spartan_core.costs import CostModel, ParamsCost
+from spartan_core.distribution import DISTRIBUTIONS
+from spartan_core.methods import METHODS
+
+ANNEALINGS = ("linear", "cosine")
+VALUE_SCALES = ("mean", "none")
+DEFAULT_BETA_MAX = 10.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class SparsifierConfig:
+    """How far and how to sparsify a model.
+
+    Budget accounting: ``target`` is the kept fraction f of the cost of ALL maskable-type
+    weights of the model (every Linear / Conv2d weight and MultiheadAttention in-projection
+    found by ``spartan_core.layers.maskable_targets``; biases, norms and per-layer fixed costs
+    are not counted). When ``include`` / ``exclude`` leave some maskable layers dense, their
+    cost counts at full density and the masked layers keep a lower fraction, so that the whole
+    model reaches f; when even removing every masked entry cannot reach f the Sparsifier
+    raises ValueError with the numbers. Under the ``params`` cost model f = 1 - sparsity.
+
+    Beta scale: the published method applies beta to raw unit values u = v / c, so its effect
+    depends on the magnitude of the weights (at |w| ~ 0.05 and beta 10 the soft mask is nearly
+    flat). With ``value_scale="mean"`` (the default) the unit values of each budget group are
+    divided by a detached scale, their cost-weighted mean sum(v) / sum(c), before the soft
+    top-k, which makes beta dimensionless: beta = 10 means the soft mask goes from 0.27 to 0.73
+    over +-0.1 mean unit values around the dual. ``value_scale="none"`` is the published
+    behaviour. The hard mask does not depend on the scale.
+
+    Attributes:
+        method: ``spartan`` (soft top-k masks), ``topkast`` (hard mask, straight-through
+            backward) or ``magnitude`` (gradual magnitude pruning).
+        target: the kept cost fraction f in (0, 1]; 0.1 means 90% sparse under ``params``.
+        distribution: how the budget is spread over layers: ``global`` (one budget and one
+            dual variable over all masked layers), ``uniform`` (the same fraction per layer) or
+            ``erk`` (Erdos-Renyi-Kernel fractions, as in RigL).
+        block_shape: (r, c) blocks over each weight viewed as (out, in), conv kernels
+            flattened into ``in``; (1, 1) is unstructured.
+        beta_init: inverse temperature of the soft top-k at step 0.
+        beta_max: inverse temperature reached at fine-tune start for 1x1 blocks; it is
+            multiplied by sqrt(r * c) for blocks (block values average over more weights, so
+            they spread less). None selects the default, 10.
+        warmup_frac: fraction of the steps over which f anneals from 1 to ``target``.
+        finetune_frac: fraction of the steps, at the end, trained with the mask frozen.
+        annealing: shape of both schedules, ``linear`` or ``cosine`` (see ``schedule``).
+        include: glob patterns over module names to mask (all maskable layers when empty).
+        exclude: glob patterns over module names to leave dense.
+        cost_model: ``params`` (one per weight), the name of a cost model registered in the
+            ``cost_models`` package, or a ``CostModel`` object.
+        value_scale: ``mean`` or ``none``, see "Beta scale" above.
+    """
+
+    method: str = "spartan"
+    target: float
+    distribution: str = "global"
+    block_shape: BlockShape = (1, 1)
+    beta_init: float = 1.0
+    beta_max: float = DEFAULT_BETA_MAX
+    warmup_frac: float = 0.2
+    finetune_frac: float = 0.2
+    annealing: str = "cosine"
+    include: tuple[str, ...] = field(default=())
+    exclude: tuple[str, ...] = field(default=())
+    cost_model: str | CostModel = "params"
+    value_scale: str = "mean"
+
+    def __post_init__(self) -> None:
+        _choice("method", self.method, tuple(METHODS))
+        _choice("distribution", self.distribution, tuple(DISTRIBUTIONS))
+        _choice("annealing", self.annealing, ANNEALINGS)
+        _choice("value_scale", self.value_scale, VALUE_SCALES)
+        if not _is_real(self.target) or not 0.0 < self.target <= 1.0:
+            raise ValueError(
+                f"target: expected a kept cost fraction in (0, 1], got {self.target!r}"
+            )
+        shape = tuple(self.block_shape) if isinstance(self.block_shape, Sequence) else ()
+        if len(shape) != 2 or any(isinstance(b, bool) or int(b) != b or b < 1 for b in shape):
+            raise ValueError(
+                f"block_shape: expected two positive integers, got {self.block_shape!r}"
+            )
+        object.__setattr__(self, "block_shape", (int(shape[0]), int(shape[1])))
+        if self.beta_max is None:
+            object.__setattr__(self, "beta_max", DEFAULT_BETA_MAX)
+        for name in ("beta_init", "beta_max"):
+            value = getattr(self, name)
+            if not _is_real(value) or not 0.0 < value < math.inf:
+                raise ValueError(f"{name}: expected a positive finite number, got {value!r}")
+        if self.beta_max < self.beta_init:
+            raise ValueError(
+                f"beta_max: must be at least beta_init={self.beta_init}, got {self.beta_max!r}"
+            )
+        for name in ("warmup_frac", "finetune_frac"):
+            value = getattr(self, name)
+            if not _is_real(value) or not 0.0 <= value < 1.0:
+                raise ValueError(f"{name}: expected a fraction in [0, 1), got {value!r}")
+        if self.warmup_frac + self.finetune_frac >= 1.0:
+            raise ValueError(
+                f"finetune_frac: warmup_frac + finetune_frac must be below 1, got "
+                f"{self.warmup_frac} + {self.finetune_frac}"
+            )
+        for name in ("include", "exclude"):
+            value = getattr(self, name)
+            if isinstance(value, str) or not all(isinstance(p, str) and p for p in value):
+                raise ValueError(f"{name}: expected a list of glob patterns, got {value!r}")
+            object.__setattr__(self, name, tuple(value))
+        if isinstance(self.cost_model, str):
+            if not self.cost_model:
+                raise ValueError("cost_model: expected a cost model name, got ''")
+        elif not isinstance(self.cost_model, CostModel):
+            raise ValueError(
+                f"cost_model: expected a name or a CostModel object, got {self.cost_model!r}"
+            )
+
+    @classmethod
+    def from_sparsity(cls, sparsity: float, **kwargs: Any) -> SparsifierConfig:
+        """A config removing the fraction ``sparsity`` of the maskable weights (params cost).
+
+        Raises:
+            ValueError: if ``sparsity`` is outside [0, 1) or a cost model other than params is
+                given (sparsity is a parameter count).
+        """
+        if not _is_real(sparsity) or not 0.0 <= sparsity < 1.0:
+            raise ValueError(f"sparsity: expected a fraction in [0, 1), got {sparsity!r}")
+        cost_model = kwargs.get("cost_model", "params")
+        if cost_model != "params" and not isinstance(cost_model, ParamsCost):
+            raise ValueError(
+                f"cost_model: a sparsity target needs the params cost model, got {cost_model!r}"
+            )
+        if "target" in kwargs:
+            raise ValueError("target: give either sparsity or target, not both")
+        return cls(target=1.0 - float(sparsity), **kwargs)
+
+    @property
+    def beta_max_effective(self) -> float:
+        """beta_max multiplied by sqrt(r * c), the value the schedule reaches."""
+        return float(self.beta_max) * math.sqrt(self.block_shape[0] * self.block_shape[1])
+
+    def with_changes(self, **changes: Any) -> SparsifierConfig:
+        """A copy with some fields replaced (validated again)."""
+        return replace(self, **changes)
+
+
+def resolve_cost_model(spec: str | CostModel) -> CostModel:
+    """Turn a cost model name or object into a ``CostModel``.
+
+    ``params`` is built in; any other name is looked up with ``cost_models.get(name)``,
+    imported here because the ``cost_models`` package itself depends on ``spartan_core``.
+
+    Raises:
+        ValueError: for an unknown name (naming ``cost_model``) or an object that is not a
+            cost model.
+    """
+    if isinstance(spec, str):
+        if spec == "params":
+            return ParamsCost()
+        import cost_models  # lazy: cost_models imports spartan_core
+
+        try:
+            model = cost_models.get(spec)
+        except (KeyError, LookupError) as error:
+            raise ValueError(f"cost_model: unknown cost model {spec!r} ({error})") from error
+        return model
+    if isinstance(spec, CostModel):
+        return spec
+    raise ValueError(f"cost_model: expected a name or a CostModel object, got {spec!r}")
+
+
+def _choice(name: str, value: object, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name}: expected one of {list(choices)}, got {value!r}")
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

@@ -1,0 +1,249 @@
+"""Masks as parametrizations, and the custom gradients of Spartan's masked weight.
+
+Every masked weight gets a ``MaskParametrization`` (torch.nn.utils.parametrize), so a Linear
+stays a Linear and ``.weight`` / ``.in_proj_weight`` still work. The parametrization holds the
+masks in "entry layout": the weight's own shape for 1x1 blocks, (R, 1, C, 1) for r x c blocks
+over the weight viewed as (R*r, C*c), which broadcasts against the weight viewed as
+(R, r, C, c). Masks are recomputed only in ``Sparsifier.step()``; every forward until the next
+step reuses them.
+
+Spartan's forward is w_fwd = (w * m) * h with m the soft top-k mask of the unit values
+u = v / (c * S) (v = |w| or block sums of |w|, c the per-entry cost, S the group's detached
+value scale) and h the hard top-k mask. In the backward h is the identity. With
+G = dL/dw_fwd, g_j = dL/dm_j = sum over block j of G * w, s_j = m_j (1 - m_j) and lam the
+group's dual variable:
+
+    dL/dw = G * m + (beta / S) * s_j * (g_j / c_j - Lambda) * sign(w),
+    Lambda = (sum_i g_i s_i) / (sum_i c_i s_i)   over ALL entries of the budget group.
+
+The sum couples the layers of a group. It is computed by autograd, without concatenating the
+weights: ``DualNode`` is one scalar node per group whose inputs are all the group's weights
+and whose value is lam; each layer's ``SoftMask`` returns its local gradient for w and
+dL/dlam = -beta * sum_j g_j s_j; autograd adds those over layers, and the dual node's
+backward sends dL/dlam * dlam/dw_j = dL/dlam * s_j / (S * sum_i c_i s_i) * sign(w_j) to every
+weight (implicit differentiation of sum_i c_i m_i = budget).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+
+from spartan_core.blocks import BlockShape, block_grid
+from spartan_core.layers import MaskTarget
+
+if TYPE_CHECKING:
+    from spartan_core.methods import Method
+
+
+class DualGroup:
+    """Layers sharing one budget: their dual variable, hard threshold and value scale.
+
+    Attributes:
+        layers: the group's parametrizations.
+        fraction: kept cost fraction of the group at the last update.
+        beta: inverse temperature at the last update.
+        dual: lam in scaled unit values (-inf when everything is kept).
+        threshold: hard threshold t in scaled unit values: kept == (u >= t).
+        scale: S, the detached divisor of the unit values (1 when not scaled).
+        s_cost: sum_i c_i m_i (1 - m_i) over the group, the denominator of Lambda.
+        iterations: solver iterations of the last dual solve.
+        node: the dual node of the forward pass in progress, or None.
+    """
+
+    def __init__(self, layers: Sequence[MaskParametrization]) -> None:
+        self.layers = list(layers)
+        self.fraction = 1.0
+        self.beta = 1.0
+        self.dual = -math.inf
+        self.threshold = -math.inf
+        self.scale = 1.0
+        self.s_cost = 0.0
+        self.iterations = 0
+        self.node: Tensor | None = None
+
+    @property
+    def coupled(self) -> bool:
+        """Whether the mask depends on the weights through the dual (soft and not saturated)."""
+        return self.s_cost > 0.0 and self.fraction < 1.0
+
+    def scalars(self) -> dict[str, float]:
+        """The state needed to resume bit-identically."""
+        return {
+            "fraction": self.fraction,
+            "beta": self.beta,
+            "dual": self.dual,
+            "threshold": self.threshold,
+            "scale": self.scale,
+            "s_cost": self.s_cost,
+        }
+
+    def load_scalars(self, values: dict[str, float]) -> None:
+        for key in ("fraction", "beta", "dual", "threshold", "scale", "s_cost"):
+            setattr(self, key, float(values[key]))
+
+
+class MaskParametrization(nn.Module):
+    """The parametrization of one masked weight: returns the method's forward weight.
+
+    Buffers (not persistent, so ``model.state_dict()`` is unchanged; they follow
+    ``model.to()``): ``hard`` (bool, entry layout) and, for soft methods, ``soft`` (the
+    weight's dtype, entry layout).
+    """
+
+    soft: Tensor | None
+    hard: Tensor
+
+    def __init__(
+        self,
+        target: MaskTarget,
+        weight: Tensor,
+        block_shape: BlockShape,
+        cost: float,
+        method: Method,
+    ) -> None:
+        super().__init__()
+        rows, cols = block_grid(target, block_shape)
+        self.name = target.name
+        self.block_shape = block_shape
+        self.cost = float(cost)
+        self.weight_shape = tuple(weight.shape)
+        self.unstructured = block_shape == (1, 1)
+        self.blocked_shape = (rows, block_shape[0], cols, block_shape[1])  # (R, r, C, c)
+        self.entry_shape = self.weight_shape if self.unstructured else (rows, 1, cols, 1)
+        self.n_entries = rows * cols
+        self.method = method
+        self.group: DualGroup | None = None
+        self.frozen = False
+        self.register_buffer(
+            "hard", torch.ones(self.entry_shape, dtype=torch.bool, device=weight.device), False
+        )
+        soft = (
+            torch.ones(self.entry_shape, dtype=weight.dtype, device=weight.device)
+            if method.soft
+            else None
+        )
+        self.register_buffer("soft", soft, False)
+
+    def forward(self, weight: Tensor) -> Tensor:
+        return self.method.forward(weight, self)
+
+    def blocks(self, tensor: Tensor) -> Tensor:
+        """A weight-shaped tensor viewed so that entry-layout masks broadcast against it."""
+        return tensor if self.unstructured else tensor.reshape(self.blocked_shape)
+
+    def entry_values(self, weight: Tensor, out: Tensor | None = None) -> Tensor:
+        """v: |w| (1x1) or the sum of |w| over each block, in entry layout."""
+        if self.unstructured:
+            return torch.abs(weight, out=out) if out is not None else weight.abs()
+        summed = self.blocks(weight).abs().sum(dim=(1, 3), keepdim=True)  # (R, 1, C, 1)
+        if out is None:
+            return summed
+        return out.copy_(summed)
+
+    def expand(self, mask: Tensor) -> Tensor:
+        """An entry-layout mask broadcast to the weight's shape (a new tensor)."""
+        if self.unstructured:
+            return mask.clone()
+        return mask.expand(self.blocked_shape).reshape(self.weight_shape)
+
+    def extra_repr(self) -> str:
+        return f"{self.name}, method={self.method.name}, block_shape={self.block_shape}"
+
+
+def masked_product(weight: Tensor, mask: Tensor, layer: MaskParametrization) -> Tensor:
+    """w * mask with plain autograd (gradient masked too); mask in entry layout."""
+    return (layer.blocks(weight) * mask).view(layer.weight_shape)
+
+
+class SoftMask(torch.autograd.Function):
+    """w -> (w * m) * h with Spartan's gradient (see the module docstring).
+
+    ``dual`` is the group's dual node (or None: then the layer is not coupled to the rest of
+    its group in the backward). The masks are read from ``layer`` and saved, so an in-place
+    update of them between forward and backward is an autograd error rather than a silent
+    wrong gradient.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any, weight: Tensor, dual: Tensor | None, layer: MaskParametrization
+    ) -> Tensor:
+        soft, hard = layer.soft, layer.hard
+        assert soft is not None and layer.group is not None
+        out = layer.blocks(weight) * soft
+        out.mul_(hard)
+        ctx.layer = layer
+        ctx.group = layer.group
+        ctx.save_for_backward(weight, soft)
+        return out.view(layer.weight_shape)
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
+        weight, soft = ctx.saved_tensors
+        layer: MaskParametrization = ctx.layer
+        group: DualGroup = ctx.group
+        grad = layer.blocks(grad_out)
+        grad_w = grad * soft  # h is the identity in the backward
+        grad_dual = None
+        if group.coupled:
+            w = layer.blocks(weight)
+            g = grad * w  # dL/dm per weight
+            if not layer.unstructured:
+                g = g.sum(dim=(1, 3), keepdim=True)  # (R, 1, C, 1)
+            g.mul_(soft - soft * soft)  # g_j * s_j
+            if ctx.needs_input_grad[1]:
+                grad_dual = (g.sum() * -group.beta).reshape(())
+            grad_w.addcmul_(torch.sign(w), g, value=group.beta / (group.scale * layer.cost))
+        if not ctx.needs_input_grad[0]:
+            return None, grad_dual, None
+        return grad_w.view(layer.weight_shape), grad_dual, None
+
+
+class DualNode(torch.autograd.Function):
+    """A scalar graph node with value lam that depends on every weight of a group.
+
+    Backward: dL/dw_j = dL/dlam * s_j / (S * sum_i c_i s_i) * sign(w_j), from implicit
+    differentiation of sum_i c_i sigmoid(beta * (u_i - lam)) = budget.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, group: DualGroup, *weights: Tensor) -> Tensor:
+        softs = [layer.soft for layer in group.layers]
+        ctx.group = group
+        ctx.save_for_backward(*weights, *softs)
+        return weights[0].new_tensor(group.dual)
+
+    @staticmethod
+    def backward(ctx: Any, grad_dual: Tensor) -> tuple[Tensor | None, ...]:
+        group: DualGroup = ctx.group
+        n = len(group.layers)
+        saved = ctx.saved_tensors
+        coef = grad_dual / (group.scale * group.s_cost)
+        grads: list[Tensor | None] = []
+        for i, layer in enumerate(group.layers):
+            if not ctx.needs_input_grad[1 + i]:
+                grads.append(None)
+                continue
+            weight, soft = saved[i], saved[n + i]
+            s = soft - soft * soft  # (entry layout)
+            s.mul_(coef)
+            g = torch.sign(layer.blocks(weight)).mul_(s)
+            grads.append(g.view(layer.weight_shape))
+        return (None, *grads)
+
+
+class StraightThrough(torch.autograd.Function):
+    """w -> w * h with the identity backward (Top-KAST style dense gradient)."""
+
+    @staticmethod
+    def forward(ctx: Any, weight: Tensor, layer: MaskParametrization) -> Tensor:
+        return masked_product(weight, layer.hard, layer)
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor, None]:
+        return grad_out, None

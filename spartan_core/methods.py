@@ -1,0 +1,219 @@
+"""Sparsification methods: each is a mask update and a forward weight, sharing the machinery.
+
+- ``spartan`` (Tai, Tian and Lim, NeurIPS 2022): forward (w * m) * h with m the cost-weighted
+  soft top-k mask and h the hard top-k mask; backward straight through h and through the
+  soft top-k's implicit gradient (``masking.SoftMask`` and ``masking.DualNode``).
+- ``topkast`` (Jayakumar et al., 2020, in its dual-averaging form): forward w * h, backward
+  the identity, so pruned weights keep learning and can come back.
+- ``magnitude`` (gradual magnitude pruning, Zhu and Gupta, 2017): forward and backward
+  through w * h.
+
+All three anneal the cost fraction the same way and freeze their mask at fine-tune start, after
+which training is plain masked training (forward w * M, gradient G * M).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from spartan_core import soft_topk as topk
+from spartan_core.masking import (
+    DualGroup,
+    DualNode,
+    MaskParametrization,
+    SoftMask,
+    StraightThrough,
+    masked_product,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class Method:
+    """A sparsification method: how masks are updated and how the forward weight is formed.
+
+    Attributes:
+        name: the registry name.
+        soft: whether the method keeps a soft mask and couples a group's layers through a
+            dual variable (then the layer parametrizations hold a ``soft`` buffer).
+    """
+
+    name: ClassVar[str] = ""
+    soft: ClassVar[bool] = False
+
+    def update(
+        self,
+        group: DualGroup,
+        weights: Sequence[Tensor],
+        fraction: float,
+        beta: float,
+        *,
+        value_scale: str,
+    ) -> None:
+        """Recompute the group's masks from its layers' current weights (under no_grad)."""
+        raise NotImplementedError
+
+    def forward(self, weight: Tensor, layer: MaskParametrization) -> Tensor:
+        """The weight the layer uses in its forward pass."""
+        raise NotImplementedError
+
+    def freeze(self, layer: MaskParametrization) -> None:
+        """Fix the layer's mask for fine-tuning (forward and gradient masked)."""
+        layer.frozen = True
+
+    def dual_node(self, group: DualGroup, weights: Sequence[Tensor]) -> Tensor | None:
+        """The group's dual node for the coming forward pass, if the method needs one."""
+        return None
+
+
+METHODS: dict[str, type[Method]] = {}
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    """Class decorator adding a method to the registry under ``cls.name``."""
+    METHODS[cls.name] = cls
+    return cls
+
+
+def get_method(name: str) -> Method:
+    """A new instance of the registered method ``name``.
+
+    Raises:
+        ValueError: naming ``method`` and the valid choices.
+    """
+    try:
+        return METHODS[name]()
+    except KeyError:
+        raise ValueError(f"method: unknown {name!r}, expected one of {sorted(METHODS)}") from None
+
+
+def _keep_all(group: DualGroup, fraction: float, beta: float) -> None:
+    for layer in group.layers:
+        layer.hard.fill_(True)
+        if layer.soft is not None:
+            layer.soft.fill_(1.0)
+    group.fraction, group.beta = fraction, beta
+    group.dual = group.threshold = -math.inf
+    group.scale, group.s_cost, group.iterations = 1.0, 0.0, 0
+
+
+def _warm(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+@register_method
+class Spartan(Method):
+    """Soft top-k masks under a cost budget (see the module docstring)."""
+
+    name = "spartan"
+    soft = True
+
+    def update(
+        self,
+        group: DualGroup,
+        weights: Sequence[Tensor],
+        fraction: float,
+        beta: float,
+        *,
+        value_scale: str,
+    ) -> None:
+        if fraction >= 1.0:
+            _keep_all(group, fraction, beta)
+            return
+        layers = group.layers
+        # The soft buffers hold the unit values until the dual is known: no full-size copy.
+        total_value = 0.0
+        total_cost = 0.0
+        for layer, weight in zip(layers, weights, strict=True):
+            values = layer.entry_values(weight, out=layer.soft)
+            total_value += float(values.sum(dtype=torch.float64))
+            total_cost += layer.cost * layer.n_entries
+        scale = total_value / total_cost if value_scale == "mean" and total_value > 0 else 1.0
+        for layer in layers:
+            layer.soft.div_(layer.cost * scale)  # u = v / (c * S)
+        segments = [(layer.soft.view(-1), layer.cost) for layer in layers]
+        budget = fraction * total_cost
+        threshold = topk.hard_threshold(segments, budget, init=_warm(group.threshold))
+        dual, iterations = topk.solve_dual(segments, budget, beta, init=_warm(group.dual))
+        s_cost = 0.0
+        for layer in layers:
+            torch.ge(layer.soft, threshold, out=layer.hard)
+            soft = layer.soft.sub_(dual).mul_(beta).sigmoid_()  # m = sigmoid(beta * (u - lam))
+            s_cost += layer.cost * float((soft * (1.0 - soft)).sum(dtype=torch.float64))
+        group.fraction, group.beta, group.scale = fraction, beta, scale
+        group.dual, group.threshold = float(dual), float(threshold)
+        group.s_cost, group.iterations = s_cost, int(iterations)
+
+    def forward(self, weight: Tensor, layer: MaskParametrization) -> Tensor:
+        if layer.frozen:
+            return masked_product(weight, layer.soft, layer)
+        group = layer.group
+        return SoftMask.apply(weight, group.node if group is not None else None, layer)
+
+    def freeze(self, layer: MaskParametrization) -> None:
+        with torch.no_grad():
+            layer.soft.mul_(layer.hard)  # M = m * h: soft values on survivors, zeros elsewhere
+        layer.frozen = True
+
+    def dual_node(self, group: DualGroup, weights: Sequence[Tensor]) -> Tensor | None:
+        if not group.coupled or any(layer.frozen for layer in group.layers):
+            return None
+        return DualNode.apply(group, *weights)
+
+
+class _HardMethod(Method):
+    """Shared update of the hard-mask baselines: hard top-k of the unit values v / c."""
+
+    def update(
+        self,
+        group: DualGroup,
+        weights: Sequence[Tensor],
+        fraction: float,
+        beta: float,
+        *,
+        value_scale: str,
+    ) -> None:
+        if fraction >= 1.0:
+            _keep_all(group, fraction, beta)
+            return
+        units = [
+            layer.entry_values(weight).div_(layer.cost)
+            for layer, weight in zip(group.layers, weights, strict=True)
+        ]
+        total_cost = sum(layer.cost * layer.n_entries for layer in group.layers)
+        segments = [(u.view(-1), layer.cost) for u, layer in zip(units, group.layers, strict=True)]
+        threshold = topk.hard_threshold(
+            segments, fraction * total_cost, init=_warm(group.threshold)
+        )
+        for layer, u in zip(group.layers, units, strict=True):
+            torch.ge(u, threshold, out=layer.hard)
+        group.fraction, group.beta = fraction, beta
+        group.threshold = float(threshold)
+
+
+@register_method
+class TopKast(_HardMethod):
+    """Forward w * h, identity backward through h until the mask freezes."""
+
+    name = "topkast"
+
+    def forward(self, weight: Tensor, layer: MaskParametrization) -> Tensor:
+        if layer.frozen:
+            return masked_product(weight, layer.hard, layer)
+        return StraightThrough.apply(weight, layer)
+
+
+@register_method
+class Magnitude(_HardMethod):
+    """Gradual magnitude pruning: forward and backward through w * h."""
+
+    name = "magnitude"
+
+    def forward(self, weight: Tensor, layer: MaskParametrization) -> Tensor:
+        return masked_product(weight, layer.hard, layer)
