@@ -4,6 +4,7 @@ A plain PyTorch library with no service dependencies.
 """
 
 from spartan_core.blocks import block_values, expand_block_mask
+from spartan_core.config import SparsifierConfig
 from spartan_core.costs import CostModel, LayerCost, ParamsCost
 from spartan_core.layers import MaskTarget, find_targets, layer_predicate, maskable_targets
 from spartan_core.soft_topk import (
@@ -13,6 +14,7 @@ from spartan_core.soft_topk import (
     soft_topk,
     solve_dual,
 )
+from spartan_core.sparsifier import Sparsifier
 
 __all__ = [
     "CostModel",
@@ -20,6 +22,8 @@ __all__ = [
     "MaskTarget",
     "ParamsCost",
     "SoftTopKResult",
+    "Sparsifier",
+    "SparsifierConfig",
     "block_values",
     "expand_block_mask",
     "find_targets",
