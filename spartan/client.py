@@ -63,21 +63,30 @@ class SpartanClient:
         base_url: the service root, e.g. ``http://127.0.0.1:8000``.
         api_key: bearer token when the service has auth on.
         timeout: seconds for ordinary requests (event streams have no read timeout).
-        transport: an httpx transport (tests pass ``httpx.ASGITransport``/``MockTransport``).
+        transport: an httpx transport (e.g. ``httpx.MockTransport`` in tests).
+        http: a ready ``httpx.Client`` to use instead (e.g. FastAPI's ``TestClient``).
     """
 
     def __init__(
         self,
-        base_url: str,
+        base_url: str = "http://127.0.0.1:8000",
         *,
         api_key: str | None = None,
         timeout: float = 60.0,
         transport: httpx.BaseTransport | None = None,
+        http: httpx.Client | None = None,
     ) -> None:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._http = httpx.Client(
-            base_url=base_url.rstrip("/"), headers=headers, timeout=timeout, transport=transport
-        )
+        if http is not None:
+            http.headers.update(headers)
+            self._http = http
+        else:
+            self._http = httpx.Client(
+                base_url=base_url.rstrip("/"),
+                headers=headers,
+                timeout=timeout,
+                transport=transport,
+            )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SpartanClient:
