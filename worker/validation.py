@@ -126,7 +126,6 @@ def _check_model_and_target(spec: JobSpec, cost_params: dict[str, Any]) -> None:
     import torch
 
     import cost_models
-    from cost_models.base import entry_budget
     from spartan_core.blocks import num_entries
     from spartan_core.layers import find_targets
     from worker.models import create_model
@@ -160,16 +159,48 @@ def _check_model_and_target(spec: JobSpec, cost_params: dict[str, Any]) -> None:
     except ValueError as exc:
         raise ValueError(_with_prefix(str(exc), "cost_model.params")) from None
     field = "sparsity.sparsity" if sparsity.sparsity is not None else "sparsity.cost_fraction"
-    try:
-        entry_budget(sparsity.target, costs, entries, unit=getattr(cost_model, "unit", ""))
-    except ValueError as exc:
-        raise ValueError(f"{field}: {_strip_field(exc)}") from None
-    # At least one entry must survive in every layer the budget could reach.
-    total_entries = sum(entries.values())
-    if sparsity.target * total_entries < 1:
+    _check_target(model, targets, costs, entries, cost_model, sparsity.target, field)
+
+
+def _check_target(
+    model: Any,
+    targets: list[Any],
+    costs: dict[str, Any],
+    entries: dict[str, int],
+    cost_model: Any,
+    target: float,
+    field: str,
+) -> None:
+    """Can the kept cost fraction ``target`` be reached?
+
+    As in ``SparsifierConfig``: the fraction is of the cost of every maskable weight of the
+    model; maskable layers left dense by include/exclude count at full cost, so the masked ones
+    must make up the difference, keeping at least one entry.
+    """
+    from spartan_core.layers import maskable_targets
+
+    selected = {t.name for t in targets}
+    dense = [t for t in maskable_targets(model) if t.name not in selected]
+    masked_cost = sum(costs[n].per_entry * entries[n] for n in entries)
+    dense_cost = 0.0
+    if dense:
+        try:
+            dense_costs = cost_model.layer_costs(model, dense, (1, 1))
+        except ValueError:
+            # The cost model cannot price these layers per weight (e.g. a per-block latency
+            # table); the Sparsifier checks the budget when the job starts.
+            log.info("not checking the target: %s cannot price the unmasked layers", cost_model)
+            return
+        dense_cost = sum(dense_costs[t.name].per_entry * t.numel for t in dense)
+    budget = target * (masked_cost + dense_cost) - dense_cost
+    cheapest = min(costs[n].per_entry for n in entries)
+    if budget < cheapest * (1 - 1e-9):
+        unit = getattr(cost_model, "unit", "")
+        share = dense_cost / (masked_cost + dense_cost)
         raise ValueError(
-            f"{field}: target {sparsity.target:g} keeps no entry of the {total_entries} "
-            f"maskable entries"
+            f"{field}: kept fraction {target:g} cannot be reached: the layers left dense by "
+            f"include/exclude cost {dense_cost:g} {unit}, {share:.4g} of the maskable total, and "
+            f"the masked layers must keep at least one entry"
         )
 
 
