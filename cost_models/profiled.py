@@ -1,0 +1,281 @@
+"""The ``profiled`` cost model: layer latency measured on this device, fitted per layer.
+
+For each masked layer, with the input shape it sees for ``input_size`` (one shape-probing pass)
+and ``batch_size`` samples, the sparse kernel deployment would use (``cost_models.kernels``:
+CSR, or BSR for blocks; im2col for convolutions) is timed at several densities, each a random
+set of exactly ``kept`` blocks. A least-squares line ``latency = a + b * kept_blocks`` is fitted
+per layer; ``b`` is the cost per kept block and ``a`` the fixed cost, in ms. A negative ``a`` is
+refitted through the origin, and a ``b <= 0`` (timing noise larger than the kernel's growth) is
+floored at 1e-3 of the mean per-block time, with a warning. Each fit's error (R^2 and RMS
+relative to the mean time) is kept in ``fits``. Layers with the same shape, input and conv
+settings are measured once.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from cost_models.base import CostModelBase, check_input_size
+from cost_models.kernels import SparseConv2d, SparseLinear, median_ms
+from cost_models.probe import LayerCall, probe
+from cost_models.registry import register
+from spartan_core.blocks import BlockShape, block_grid, expand_block_mask
+from spartan_core.costs import LayerCost
+from spartan_core.layers import MaskTarget, get_submodule
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LatencyFit:
+    """The fitted line of one layer and its error.
+
+    Attributes:
+        fixed_ms: intercept a (ms).
+        per_block_ms: slope b (ms per kept block).
+        r2: coefficient of determination of the fit (1 is perfect; nan if times are constant).
+        rel_rms: root-mean-square residual divided by the mean time.
+        kept_blocks: the kept block counts measured.
+        times_ms: the measured median times (ms).
+        clamped: whether a or b had to be adjusted to stay a valid cost.
+    """
+
+    fixed_ms: float
+    per_block_ms: float
+    r2: float
+    rel_rms: float
+    kept_blocks: tuple[int, ...]
+    times_ms: tuple[float, ...]
+    clamped: bool
+
+    def to_dict(self) -> dict[str, object]:
+        out = asdict(self)
+        out["kept_blocks"] = list(self.kept_blocks)
+        out["times_ms"] = list(self.times_ms)
+        out["r2"] = None if math.isnan(self.r2) else self.r2
+        return out
+
+
+def fit_line(kept: Sequence[int], times: Sequence[float], n_blocks: int) -> LatencyFit:
+    """Least-squares ``time = a + b * kept`` with a >= 0 and b > 0 enforced (see module doc)."""
+    k = torch.tensor(kept, dtype=torch.float64)
+    t = torch.tensor(times, dtype=torch.float64)
+    design = torch.stack([torch.ones_like(k), k], dim=1)  # (n_points, 2)
+    a, b = torch.linalg.lstsq(design, t[:, None]).solution[:, 0].tolist()
+    clamped = False
+    if a < 0:
+        a, b = 0.0, float((k * t).sum() / (k * k).sum())
+        clamped = True
+    floor = 1e-3 * float(t.mean()) / max(n_blocks, 1)
+    if b <= floor:
+        b = floor
+        a = max(float((t - b * k).mean()), 0.0)
+        clamped = True
+    pred = a + b * k
+    ss_res = float(((t - pred) ** 2).sum())
+    ss_tot = float(((t - t.mean()) ** 2).sum())
+    r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else math.nan
+    rel_rms = math.sqrt(ss_res / len(kept)) / float(t.mean()) if float(t.mean()) > 0 else 0.0
+    return LatencyFit(a, b, r2, rel_rms, tuple(int(x) for x in kept), tuple(times), clamped)
+
+
+@register("profiled")
+class ProfiledCost(CostModelBase):
+    """Latency per kept block measured on this device with sparse kernels, fitted per layer.
+
+    Args:
+        input_size: one input's shape without the batch, e.g. (3, 224, 224).
+        densities: kept fractions of blocks to time each layer at (at least two distinct).
+        repeats: timed runs per density (the median is used).
+        batch_size: samples per timed forward.
+        warmup: untimed runs before each measurement.
+        device: where to time ("cpu", "cuda", "cuda:1"); default the model's device.
+        seed: seed of the random weights and block choices.
+    """
+
+    name = "profiled"
+    unit = "ms"
+    latency_capable = True
+
+    def __init__(
+        self,
+        input_size: tuple[int, ...] = (3, 224, 224),
+        densities: tuple[float, ...] = (0.05, 0.25, 0.5, 0.75, 1.0),
+        repeats: int = 5,
+        batch_size: int = 1,
+        warmup: int = 1,
+        device: str | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.input_size = check_input_size(input_size)
+        try:
+            dens = tuple(float(d) for d in densities)
+        except (TypeError, ValueError):
+            raise ValueError(f"densities: expected numbers in (0, 1], got {densities!r}") from None
+        if not dens or any(not 0.0 < d <= 1.0 for d in dens) or len(set(dens)) < 2:
+            raise ValueError(
+                f"densities: expected at least two distinct numbers in (0, 1], got {densities!r}"
+            )
+        for field, value, low in (("repeats", repeats, 1), ("batch_size", batch_size, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{field}: expected a positive integer, got {value!r}")
+        if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+            raise ValueError(f"warmup: expected a non-negative integer, got {warmup!r}")
+        if device is not None:
+            try:
+                torch.device(device)
+            except (RuntimeError, TypeError):
+                raise ValueError(f"device: not a torch device: {device!r}") from None
+        self.densities = dens
+        self.repeats = repeats
+        self.batch_size = batch_size
+        self.warmup = warmup
+        self.device = device
+        self.seed = int(seed)
+        self.fits: dict[str, LatencyFit] = {}
+        self._cache: dict[tuple, LatencyFit] = {}
+
+    def params(self) -> dict[str, object]:
+        return {
+            "input_size": list(self.input_size),
+            "densities": list(self.densities),
+            "repeats": self.repeats,
+            "batch_size": self.batch_size,
+            "warmup": self.warmup,
+            "device": self.device,
+            "seed": self.seed,
+        }
+
+    def layer_details(self, name: str) -> dict[str, object] | None:
+        """The latency fit of a layer (for the cost report), once measured."""
+        fit = self.fits.get(name)
+        return None if fit is None else {"fit": fit.to_dict()}
+
+    def layer_costs(
+        self, model: nn.Module, targets: Sequence[MaskTarget], block_shape: BlockShape
+    ) -> dict[str, LayerCost]:
+        device = self._device(model)
+        calls = probe(model, targets, self.input_size)
+        costs = {}
+        for t in targets:
+            if not calls[t.name]:
+                raise ValueError(
+                    f"cost_model: profiled: layer {t.module_name!r} is not used by the forward "
+                    f"pass on input_size {list(self.input_size)}; exclude it"
+                )
+            fit = self._profile(model, t, calls[t.name], block_shape, device)
+            self.fits[t.name] = fit
+            costs[t.name] = LayerCost(per_entry=fit.per_block_ms, fixed=fit.fixed_ms)
+        return costs
+
+    def _device(self, model: nn.Module) -> torch.device:
+        if self.device is not None:
+            return torch.device(self.device)
+        param = next(model.parameters(), None)
+        return param.device if param is not None else torch.device("cpu")
+
+    def _profile(
+        self,
+        model: nn.Module,
+        target: MaskTarget,
+        calls: Sequence[LayerCall],
+        block_shape: BlockShape,
+        device: torch.device,
+    ) -> LatencyFit:
+        module = get_submodule(model, target.module_name)
+        settings = _conv_settings(module) if target.kind == "conv2d" else ()
+        key = (target.kind, target.shape, tuple(c.input_shape for c in calls), settings)
+        key += (tuple(block_shape), device.type, device.index)
+        if key in self._cache:
+            return self._cache[key]
+        n_blocks = math.prod(block_grid(target, block_shape))
+        kept = sorted({max(1, round(d * n_blocks)) for d in self.densities})
+        if len(kept) < 2:
+            raise ValueError(
+                f"densities: layer {target.module_name!r} has {n_blocks} block(s), too few to "
+                f"time {len(self.densities)} densities"
+            )
+        gen = torch.Generator().manual_seed(self.seed)
+        inputs = [
+            torch.randn(_timed_input_shape(target, c, self.batch_size), generator=gen).to(device)
+            for c in calls
+        ]
+        weight = torch.randn(target.shape, generator=gen)
+        times = []
+        for k in kept:
+            block_mask = torch.zeros(n_blocks)
+            block_mask[torch.randperm(n_blocks, generator=gen)[:k]] = 1.0
+            masked = weight * expand_block_mask(block_mask, weight.shape, block_shape)
+            layer = _sparse_layer(module, target, masked.to(device), block_shape)
+
+            def run(layer: nn.Module = layer) -> None:
+                for x in inputs:
+                    layer(x)
+
+            with torch.inference_mode():
+                times.append(
+                    median_ms(run, repeats=self.repeats, warmup=self.warmup, device=device)
+                )
+        fit = fit_line(kept, times, n_blocks)
+        if fit.clamped:
+            logger.warning(
+                "profiled: layer %s: fit adjusted to stay a valid cost (a=%.3g ms, b=%.3g ms); "
+                "times %s",
+                target.name,
+                fit.fixed_ms,
+                fit.per_block_ms,
+                [round(x, 4) for x in times],
+            )
+        self._cache[key] = fit
+        return fit
+
+
+def _timed_input_shape(target: MaskTarget, call: LayerCall, batch_size: int) -> tuple[int, ...]:
+    """The probed input (batch 1) scaled to ``batch_size`` samples."""
+    shape = call.input_shape
+    if target.kind == "conv2d":
+        return (batch_size, *shape[-3:])  # (N, C, H, W)
+    tokens = math.prod(shape[:-1])  # per sample: the probe ran one sample
+    return (batch_size, tokens, shape[-1])  # (N, tokens, features)
+
+
+def _conv_settings(module: nn.Module) -> tuple:
+    return (
+        tuple(module.stride),
+        tuple(module.dilation),
+        tuple(module._reversed_padding_repeated_twice),
+        module.padding_mode,
+        module.groups,
+    )
+
+
+def _sparse_layer(
+    module: nn.Module, target: MaskTarget, weight: torch.Tensor, block_shape: BlockShape
+) -> nn.Module:
+    """The deployment kernel of one layer with the given (masked) weight."""
+    if target.kind == "conv2d":
+        conv = nn.Conv2d(
+            module.in_channels,
+            module.out_channels,
+            module.kernel_size,
+            stride=module.stride,
+            padding=module.padding,
+            dilation=module.dilation,
+            groups=module.groups,
+            bias=module.bias is not None,
+            padding_mode=module.padding_mode,
+            device="meta",
+        )
+        conv.weight = nn.Parameter(weight, requires_grad=False)
+        if conv.bias is not None:
+            conv.bias = nn.Parameter(torch.zeros(weight.shape[0], device=weight.device))
+        return SparseConv2d(conv, block_shape)
+    bias = torch.zeros(weight.shape[0], device=weight.device)
+    # attention in-projection: one (3E, E) matmul over the query tokens
+    return SparseLinear(weight, bias, block_shape)
