@@ -37,6 +37,8 @@ class Settings(BaseSettings):
     checkpoint_every_steps: int = 200
     progress_interval_s: float = 2.0
     default_queue: str = "default"
+    # worker: a running job whose progress is older than this is lost and is re-queued
+    heartbeat_timeout_s: float = 600.0
 
     # REST API and its clients (api/, spartan/client.py)
     api_url: str = "http://127.0.0.1:8000"  # where the CLI finds the service

@@ -22,6 +22,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    case,
     create_engine,
     event,
     func,
@@ -304,6 +305,42 @@ class JobStore:
                 )
             ).all()
             return [_job(r) for r in rows]
+
+    def stale_running(self, *, older_than: datetime) -> list[Job]:
+        """Running jobs not updated since ``older_than`` (their worker may be dead).
+
+        A live worker writes progress at a bounded rate, which bumps ``updated_at``.
+        """
+        with self.session() as s:
+            rows = s.scalars(
+                select(JobRow).where(JobRow.status == "running", JobRow.updated_at < older_than)
+            ).all()
+            return [_job(r) for r in rows]
+
+    def requeue_stale(self, *, job_id: str, older_than: datetime) -> bool:
+        """Put a running job not updated since ``older_than`` back to queued; False if it was
+        updated meanwhile or is not running (so only one reclaimer wins)."""
+        return self._update(
+            job_id,
+            JobRow.status == "running",
+            JobRow.updated_at < older_than,
+            status="queued",
+            worker=None,
+        )
+
+    def requeue_preempted(self, *, job_id: str) -> bool:
+        """Put a running job back to queued after a clean preemption (checkpoint written).
+
+        Unlike ``requeue``, the delivery that ended cleanly is not counted against
+        ``max_delivery_attempts``. False if the job was not running.
+        """
+        return self._update(
+            job_id,
+            JobRow.status == "running",
+            status="queued",
+            worker=None,
+            attempts=case((JobRow.attempts > 0, JobRow.attempts - 1), else_=0),
+        )
 
     # uploads --------------------------------------------------------------------------------
     def add_upload(
