@@ -27,5 +27,15 @@ def _register_service_commands() -> None:
 
 _register_service_commands()
 
+
+def _register_worker_commands() -> None:
+    # train, worker (worker/cli.py)
+    from worker.cli import register
+
+    register(app)
+
+
+_register_worker_commands()
+
 if __name__ == "__main__":
     app()
