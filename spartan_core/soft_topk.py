@@ -56,7 +56,8 @@ logger = logging.getLogger(__name__)
 Segments = Sequence[tuple[Tensor, float | Tensor]]
 
 _CHUNK = 4096  # entries per float32 partial sum before accumulating in float64
-_BIN_BITS = 16  # log2 of the number of radix-select bins per pass
+_MAX_BIN_BITS = 16  # log2 of the number of radix-select bins per pass on large inputs
+_MIN_BIN_BITS = 6
 _REACH_SLACK = 1e-10  # relative slack on the budget when deciding that it is reached
 _FULL_BUDGET = 1e-12  # budget within this relative distance of sum(c) keeps everything
 _DEFAULT_TOL = {torch.float64: 1e-10, torch.float32: 1e-6}
@@ -301,7 +302,8 @@ def _bin_costs(
             counts = torch.bincount(idx, minlength=nbins + 2).to(torch.float64)
             counts.mul_(seg.scalar_cost)
         else:
-            counts = torch.bincount(idx, weights=seg.cost, minlength=nbins + 2).to(torch.float64)
+            # float64 weights: bincount accumulates in the weights' dtype
+            counts = torch.bincount(idx, weights=seg.cost.double(), minlength=nbins + 2)
         hist = counts if hist is None else hist.add_(counts)
     assert hist is not None
     return hist
@@ -312,12 +314,14 @@ def _radix_threshold(
 ) -> tuple[float, int]:
     """The hard threshold and the number of passes over the data used."""
     reach = budget * (1 - _REACH_SLACK)
+    n = sum(s.u.numel() for s in segs)
+    # fewer bins for small inputs: the per-pass cost is then the histogram, not the data
+    bits = min(_MAX_BIN_BITS, max(_MIN_BIN_BITS, n.bit_length() - 4))
     passes = 0
     window: tuple[int, int, int] | None = None
     if init is not None and math.isfinite(init) and init >= 0:
         centre = _to_bits(_round_to(init, dtype), dtype)
-        half = 1 << (_BIN_BITS - 1)
-        window = (max(0, centre - half), 0, 1 << _BIN_BITS)
+        window = (max(0, centre - (1 << (bits - 1))), 0, 1 << bits)
     cold = window is None
     while True:
         if window is None:
@@ -325,13 +329,14 @@ def _radix_threshold(
             lo_bits = _to_bits(min(s.u_min for s in segs), dtype)
             hi_bits = _to_bits(max(s.u_max for s in segs), dtype)
             width = hi_bits - lo_bits + 1
-            shift = max(0, (width - 1).bit_length() - _BIN_BITS)
+            shift = max(0, (width - 1).bit_length() - bits)
             window = (lo_bits, shift, -(-width // (1 << shift)))
         base, shift, nbins = window
         hist = _bin_costs(segs, base, shift, nbins, dtype)
         passes += 1
-        above = torch.flip(torch.cumsum(torch.flip(hist, (0,)), 0), (0,))  # cost at or above bin
-        j = int((above >= reach).sum()) - 1
+        # cost at or above each bin, from the top bin down: (nbins + 2,)
+        above = torch.cumsum(torch.flip(hist, (0,)), 0)
+        j = int((above >= reach).sum()) - 1  # highest bin whose cost from the top reaches k
         if j <= 0 or j == nbins + 1:
             if cold:  # cannot happen: the cold window spans every value
                 raise RuntimeError("hard_threshold: radix select lost the threshold")
@@ -340,7 +345,7 @@ def _radix_threshold(
         start = base + ((j - 1) << shift)
         if shift == 0:
             return _from_bits(start, dtype), passes
-        new_shift = max(0, shift - _BIN_BITS)
+        new_shift = max(0, shift - bits)
         window = (start, new_shift, 1 << (shift - new_shift))
 
 
@@ -526,7 +531,7 @@ class SoftTopKFunction(torch.autograd.Function):
             u = values / costs
             seg = _make_segment(u, costs, values.dtype, "values", "costs")
         else:
-            u = values if costs == 1.0 else values * (1.0 / costs)
+            u = values if costs == 1.0 else values / costs
             seg = _make_segment(u, costs, values.dtype, "values", "costs")
         segs = [seg]
         threshold, _ = _radix_threshold(segs, budget, values.dtype, threshold_init)
