@@ -177,8 +177,11 @@ class SoftMask(torch.autograd.Function):
         assert soft is not None and layer.group is not None
         out = layer.blocks(weight) * soft
         out.mul_(hard)
+        group = layer.group
         ctx.layer = layer
-        ctx.group = layer.group
+        # The scalars of this forward, so the backward pairs them with the saved mask.
+        ctx.coupled, ctx.beta = group.coupled, group.beta
+        ctx.coef = group.beta / (group.scale * layer.cost)
         ctx.save_for_backward(weight, soft)
         return out.view(layer.weight_shape)
 
@@ -186,19 +189,18 @@ class SoftMask(torch.autograd.Function):
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
         weight, soft = ctx.saved_tensors
         layer: MaskParametrization = ctx.layer
-        group: DualGroup = ctx.group
         grad = layer.blocks(grad_out)
         grad_w = grad * soft  # h is the identity in the backward
         grad_dual = None
-        if group.coupled:
+        if ctx.coupled:
             w = layer.blocks(weight)
             g = grad * w  # dL/dm per weight
             if not layer.unstructured:
                 g = g.sum(dim=(1, 3), keepdim=True)  # (R, 1, C, 1)
             g.mul_(soft - soft * soft)  # g_j * s_j
             if ctx.needs_input_grad[1]:
-                grad_dual = (g.sum() * -group.beta).reshape(())
-            grad_w.addcmul_(torch.sign(w), g, value=group.beta / (group.scale * layer.cost))
+                grad_dual = (g.sum() * -ctx.beta).reshape(())
+            grad_w.addcmul_(torch.sign(w), g, value=ctx.coef)
         if not ctx.needs_input_grad[0]:
             return None, grad_dual, None
         return grad_w.view(layer.weight_shape), grad_dual, None
@@ -214,18 +216,19 @@ class DualNode(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, group: DualGroup, *weights: Tensor) -> Tensor:
         softs = [layer.soft for layer in group.layers]
-        ctx.group = group
+        ctx.layers = list(group.layers)
+        ctx.denominator = group.scale * group.s_cost  # S * sum_i c_i s_i
         ctx.save_for_backward(*weights, *softs)
         return weights[0].new_tensor(group.dual)
 
     @staticmethod
     def backward(ctx: Any, grad_dual: Tensor) -> tuple[Tensor | None, ...]:
-        group: DualGroup = ctx.group
-        n = len(group.layers)
+        layers: list[MaskParametrization] = ctx.layers
+        n = len(layers)
         saved = ctx.saved_tensors
-        coef = grad_dual / (group.scale * group.s_cost)
+        coef = grad_dual / ctx.denominator
         grads: list[Tensor | None] = []
-        for i, layer in enumerate(group.layers):
+        for i, layer in enumerate(layers):
             if not ctx.needs_input_grad[1 + i]:
                 grads.append(None)
                 continue
