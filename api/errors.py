@@ -109,7 +109,7 @@ async def _http_exception(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     item = {"loc": [], "msg": str(exc.detail), "type": f"http_{exc.status_code}"}
     if exc.status_code == 413:
-        item = {"loc": ["body"], "msg": "request body too large", "type": "too_large"}
+        item = {"loc": ["body"], "msg": str(exc.detail), "type": "too_large"}
     return JSONResponse(
         error_body([item]), status_code=exc.status_code, headers=getattr(exc, "headers", None)
     )

@@ -16,15 +16,13 @@ from fastapi.concurrency import run_in_threadpool
 
 from api import errors, services
 from api.broker import Broker, CeleryBroker
+from api.limits import BodyLimitMiddleware
 from api.metrics import Metrics, MetricsMiddleware
 from api.routes import artifacts, catalog, health, jobs, plans, uploads
 from spartan.settings import Settings, get_settings
 from spartan.store import get_store
 
 log = logging.getLogger(__name__)
-
-# Multipart framing around an uploaded file (boundaries, part headers, a filename).
-_MULTIPART_SLACK = 64 * 1024
 
 
 def create_app(
@@ -73,7 +71,6 @@ def create_app(
         summary="Train neural networks to a sparsity or hardware-cost budget (Spartan).",
         version="0.1.0",
         lifespan=lifespan,
-        max_body_size=settings.max_body_bytes,
     )
     app.state.settings = settings
     app.state.store = store
@@ -81,11 +78,16 @@ def create_app(
     app.state.metrics = Metrics(store)
     app.state.watch_cancel = watch_cancel
     errors.install(app)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        max_upload_bytes=settings.max_upload_bytes,
+    )
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
 
     app.include_router(jobs.router)
     app.include_router(artifacts.router)
-    app.include_router(uploads.router, max_body_size=settings.max_upload_bytes + _MULTIPART_SLACK)
+    app.include_router(uploads.router)
     app.include_router(plans.router)
     app.include_router(catalog.router)
     app.include_router(health.router)

@@ -6,13 +6,21 @@ what the API adds around it (identifiers, status, pagination wrappers, plan requ
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from spartan.spec import CostModelSpec, ModelSpec
 from spartan.store import Job, JobStatus, Upload
+
+
+def _utc(value: datetime) -> datetime:
+    # SQLite hands back naive datetimes; every stored time is UTC.
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+UtcDatetime = Annotated[datetime, AfterValidator(_utc)]
 
 
 class ErrorItem(BaseModel):
@@ -51,10 +59,10 @@ class JobPublic(BaseModel):
     attempts: int
     cancel_requested: bool
     spec: dict[str, Any]
-    created_at: datetime
-    updated_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
+    created_at: UtcDatetime
+    updated_at: UtcDatetime
+    started_at: UtcDatetime | None
+    finished_at: UtcDatetime | None
 
     @classmethod
     def from_job(cls, job: Job) -> JobPublic:
@@ -93,7 +101,7 @@ class UploadPublic(BaseModel):
     size: int = Field(description="bytes")
     sha256: str
     num_tensors: int
-    created_at: datetime
+    created_at: UtcDatetime
 
     @classmethod
     def from_upload(cls, upload: Upload) -> UploadPublic:

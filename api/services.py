@@ -348,19 +348,25 @@ def make_plan(
             ckpt_path = resolve_data_path(spec.checkpoint, settings.data_roots)
         except ValueError as exc:
             raise ValueError(f"model.checkpoint: {exc}") from None
-    cost_model = cost_models.get(request.cost_model.name, **request.cost_model.params)
+    params = dict(request.cost_model.params)
+    if isinstance(params.get("table"), str):  # a latency table file must lie under a data root
+        try:
+            params["table"] = str(resolve_data_path(params["table"], settings.data_roots))
+        except ValueError as exc:
+            raise ValueError(f"cost_model.params.table: {exc}") from None
     torch.manual_seed(0)
     model = models.create_model(spec)
     if ckpt_path is not None:
         models.load_checkpoint(model, ckpt_path)
     model.eval()
-    return cost_models.plan(
+    result = cost_models.plan(
         model,
-        cost_model,
+        {"name": request.cost_model.name, "params": params},
         request.target,
         structure=request.block_shape,
         distribution=request.distribution,
-        input_size=spec.input_size,
         include=request.include,
         exclude=request.exclude,
+        input_size=spec.input_size,
     )
+    return result.to_dict()

@@ -30,7 +30,7 @@ def test_plan_under_flops_with_blocks(client: TestClient) -> None:
             "cost_fraction": 0.3,
             "cost_model": {"name": "flops"},
             "block_shape": [4, 4],
-            "exclude": ["conv1"],
+            "exclude": ["conv1", "fc"],
         },
     )
     assert r.status_code == 200, r.text
