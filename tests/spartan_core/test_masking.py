@@ -67,7 +67,9 @@ def test_gradcheck_of_the_coupled_chain(block_shape: BlockShape, cost_model: obj
         for layer in layers:
             layer.hard.fill_(True)
         node = DualNode.apply(group, w1, w2)
-        return tuple(SoftMask.apply(w, node, layer) for w, layer in zip((w1, w2), layers))
+        return tuple(
+            SoftMask.apply(w, node, layer) for w, layer in zip((w1, w2), layers, strict=True)
+        )
 
     weights = [sparsifier._original(i).detach().clone().requires_grad_() for i in range(2)]
     assert group.coupled
@@ -102,7 +104,10 @@ def test_model_gradient_matches_soft_topk_and_the_formula(
 
     values = torch.cat([block_sums(w) for w in ws]) / group.scale
     entry_costs = torch.cat(
-        [torch.full((block_sums(w).numel(),), cost, dtype=w.dtype) for w, cost in zip(ws, costs)]
+        [
+            torch.full((block_sums(w).numel(),), cost, dtype=w.dtype)
+            for w, cost in zip(ws, costs, strict=True)
+        ]
     )
     budget = group.fraction * float(entry_costs.sum())
     result = soft_topk(values, entry_costs, budget, group.beta)
@@ -285,5 +290,5 @@ def test_attaching_is_undone_when_it_fails(monkeypatch: pytest.MonkeyPatch) -> N
 def test_a_masked_layer_cannot_be_masked_twice() -> None:
     model = _mlp()
     Sparsifier(model, _config(), total_steps=3)
-    with pytest.raises(ValueError, match="model: 0.weight already carries a parametrization"):
+    with pytest.raises(ValueError, match=r"model: 0\.weight already carries a parametrization"):
         Sparsifier(model, _config(), total_steps=3)

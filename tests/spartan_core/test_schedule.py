@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -38,7 +39,7 @@ def test_cost_fraction_boundaries(annealing: str) -> None:
     assert f[20] == 0.1  # end of warm-up
     assert f[70] == 0.1  # fine-tune start
     assert f[T] == 0.1  # end
-    assert all(a >= b for a, b in zip(f, f[1:], strict=False))  # non-increasing
+    assert all(a >= b for a, b in itertools.pairwise(f))  # non-increasing
     assert all(0.1 < x < 1.0 for x in f[1:20])
 
 
@@ -56,7 +57,7 @@ def test_beta_boundaries(annealing: str) -> None:
     assert b[0] == 1.0
     assert b[70] == 100.0  # fine-tune start
     assert b[T] == 100.0  # end
-    assert all(x < y for x, y in zip(b[:70], b[1:70], strict=False))  # increasing before F
+    assert all(x < y for x, y in itertools.pairwise(b[:70]))  # increasing before F
     # geometric: halfway through the progress curve beta is the geometric mean
     assert beta_at(35, annealing=annealing, **BETA) == pytest.approx(10.0)
 
