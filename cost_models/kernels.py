@@ -22,6 +22,7 @@ import copy
 import math
 import statistics
 import time
+import warnings
 from collections.abc import Callable, Sequence
 
 import torch
@@ -45,9 +46,11 @@ def kernel_block(block_shape: BlockShape) -> tuple[int, int]:
 def to_sparse_matrix(matrix: torch.Tensor, block_shape: BlockShape) -> torch.Tensor:
     """A dense (out, in) matrix as CSR (g = 1) or BSR with ``kernel_block(block_shape)``."""
     block = kernel_block(block_shape)
-    if block == (1, 1):
-        return matrix.to_sparse_csr()
-    return matrix.to_sparse_bsr(block)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        if block == (1, 1):
+            return matrix.to_sparse_csr()
+        return matrix.to_sparse_bsr(block)
 
 
 def conv_matrix(weight: torch.Tensor, groups: int) -> torch.Tensor:

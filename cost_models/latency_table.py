@@ -18,7 +18,8 @@ A table, given as a dict or as a JSON or CSV file, e.g. measured on the deployme
 - ``layers`` keys are module names (``layer1.0.conv1``) or parameter names
   (``layer1.0.conv1.weight``) or ``fnmatch`` glob patterns over either (``layer1.*``).
   The most specific row wins: an exact name first; then the pattern with the most literal
-  (non-wildcard) characters; then the one with fewer wildcards; then the earlier row.
+  (non-wildcard) characters; then the one with fewer ``*``; then fewer other wildcards
+  (``?``, ``[...]``); then the earlier row.
   ``default`` prices layers no row matches; without it such a layer is an error.
   A row that matches no maskable layer of the model is an error (a typo must not go unnoticed).
 
@@ -69,11 +70,12 @@ class TableRow:
         return _WILDCARDS.search(self.key) is not None
 
     @property
-    def specificity(self) -> tuple[int, int, int]:
-        """Sort key, larger is more specific: (exact, literal characters, -wildcards)."""
+    def specificity(self) -> tuple[int, int, int, int]:
+        """Sort key, larger is more specific: (exact, literal characters, -stars, -wildcards)."""
         literal = len(_WILDCARDS.sub("", self.key))
-        wildcards = len(_WILDCARDS.findall(self.key))
-        return (0 if self.is_pattern else 1, literal, -wildcards)
+        wildcards = _WILDCARDS.findall(self.key)
+        stars = sum(w == "*" for w in wildcards)
+        return (0 if self.is_pattern else 1, literal, -stars, -len(wildcards))
 
     def matches(self, target: MaskTarget) -> bool:
         if not self.is_pattern:

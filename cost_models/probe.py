@@ -53,8 +53,18 @@ def probe(
     handles = []
     for t in targets:
         module = get_submodule(model, t.module_name)
-        handles.append(module.register_forward_hook(_hook(t, records[t.name]), with_kwargs=True))
+        parent_name, _, child = t.module_name.rpartition(".")
+        parent = get_submodule(model, parent_name) if t.module_name else None
+        if child == "out_proj" and isinstance(parent, nn.MultiheadAttention):
+            # F.multi_head_attention_forward reads out_proj.weight without calling out_proj
+            module, hook = parent, _hook(t, records[t.name], kind="mha_out_proj")
+        else:
+            hook = _hook(t, records[t.name], kind=t.kind)
+        handles.append(module.register_forward_hook(hook, with_kwargs=True))
     was_training = model.training
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    # the fused transformer fast path skips the submodules' forward (and so the hooks)
+    torch.backends.mha.set_fastpath_enabled(False)
     model.eval()
     try:
         try:
@@ -68,6 +78,7 @@ def probe(
         for h in handles:
             h.remove()
         model.train(was_training)
+        torch.backends.mha.set_fastpath_enabled(fastpath)
     return records
 
 
@@ -104,23 +115,28 @@ def _first_tensor(args: tuple, kwargs: dict, key: str) -> torch.Tensor | None:
     return value if isinstance(value, torch.Tensor) else None
 
 
-def _hook(target: MaskTarget, calls: list[LayerCall]):
+def _hook(target: MaskTarget, calls: list[LayerCall], kind: str):
     def hook(module: nn.Module, args: tuple, kwargs: dict, output: object) -> None:
         out = output[0] if isinstance(output, tuple | list) else output
         if not isinstance(out, torch.Tensor):
             return
-        if target.kind == "conv2d":
+        if kind == "mha_out_proj":
+            q = _first_tensor(args, kwargs, "query")
+            if q is not None:
+                tokens_q = q.numel() / q.shape[-1]
+                calls.append(LayerCall(tuple(q.shape), tuple(out.shape), tokens_q))
+        elif kind == "conv2d":
             x = _first_tensor(args, kwargs, "input")
             # output (N, C_out, H_out, W_out) or unbatched (C_out, H_out, W_out); N = 1
             uses = out.numel() / out.shape[-3]
             calls.append(LayerCall(tuple(x.shape) if x is not None else (), tuple(out.shape), uses))
-        elif target.kind == "linear":
+        elif kind == "linear":
             x = _first_tensor(args, kwargs, "input")
             if x is None:
                 return
             uses = x.numel() / x.shape[-1]  # tokens (N = 1)
             calls.append(LayerCall(tuple(x.shape), tuple(out.shape), uses))
-        elif target.kind == "mha_in_proj":
+        elif kind == "mha_in_proj":
             q = _first_tensor(args, kwargs, "query")
             k = args[1] if len(args) > 1 else kwargs.get("key")
             if q is None:

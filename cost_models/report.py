@@ -188,8 +188,9 @@ def price_layers(
 ) -> list[PricedLayer]:
     """Price every maskable layer of ``model``, in model order.
 
-    Masked layers are priced in ``block_shape``; maskable layers left unmasked count at their
-    dense cost, priced in ``block_shape`` when it tiles them and per weight otherwise.
+    Masked layers are priced in ``block_shape``. Maskable layers left unmasked count at their
+    dense cost, priced per weight, or in ``block_shape`` when the cost model cannot price
+    single weights (as the Sparsifier does).
 
     Raises:
         ValueError: if the block shape does not tile a masked layer or the cost model cannot
@@ -199,15 +200,17 @@ def price_layers(
     for t in masked:
         block_grid(t, block_shape)
     others = [t for t in maskable_targets(model) if t.name not in masked_names]
-    tiled = [t for t in others if _tiles(t, block_shape)]
-    single = [t for t in others if not _tiles(t, block_shape)]
-    shapes: dict[str, BlockShape] = {}
-    costs: dict[str, LayerCost] = {}
-    for group, shape in ((list(masked), block_shape), (tiled, block_shape), (single, (1, 1))):
-        if group:
-            priced = cost_model.layer_costs(model, group, shape)
-            costs.update(checked_costs(cost_model, priced, group))
-            shapes.update({t.name: shape for t in group})
+    costs = checked_costs(cost_model, cost_model.layer_costs(model, masked, block_shape), masked)
+    shapes: dict[str, BlockShape] = {t.name: block_shape for t in masked}
+    if others:
+        try:
+            priced = cost_model.layer_costs(model, others, (1, 1))
+            other_shape: BlockShape = (1, 1)
+        except ValueError:
+            priced = cost_model.layer_costs(model, others, block_shape)
+            other_shape = block_shape
+        costs.update(checked_costs(cost_model, priced, others))
+        shapes.update({t.name: other_shape for t in others})
     out = []
     for t in maskable_targets(model):
         shape = shapes[t.name]
@@ -217,11 +220,6 @@ def price_layers(
             )
         )
     return out
-
-
-def _tiles(target: MaskTarget, block_shape: BlockShape) -> bool:
-    rows, cols = target.matrix_shape
-    return rows % block_shape[0] == 0 and cols % block_shape[1] == 0
 
 
 def layer_row(
