@@ -121,7 +121,7 @@ def test_row_naming_a_missing_layer() -> None:
 
 
 def test_unpriced_layer_without_default() -> None:
-    with pytest.raises(ValueError, match="no row prices layer 'layer2.0.conv1'"):
+    with pytest.raises(ValueError, match=r"no row prices layer 'layer2.0.conv1'"):
         costs_of({"layers": {"layer1.*": {"per_block": 1.0}, "fc": {"per_block": 1.0}}})
 
 

@@ -36,12 +36,12 @@ def test_unknown_name_lists_known_ones() -> None:
 
 
 def test_unknown_parameter_is_named() -> None:
-    with pytest.raises(ValueError, match="no parameter.*'bogus'.*accepted.*input_size"):
+    with pytest.raises(ValueError, match=r"no parameter.*'bogus'.*accepted.*input_size"):
         cost_models.get("flops", bogus=1)
 
 
 def test_missing_required_parameter() -> None:
-    with pytest.raises(ValueError, match="requires.*table"):
+    with pytest.raises(ValueError, match=r"requires.*table"):
         cost_models.get("latency_table")
 
 
