@@ -1,28 +1,25 @@
 """Property-based fuzzing of every operation in /openapi.json: no 5xx, and every 4xx body has
-the documented error shape. In-process ASGI; the broker is a SQLite file nobody consumes."""
+the documented error shape. In-process ASGI; the broker is a SQLite file nobody consumes.
+
+The app is built at import time (schemathesis reads the schema while collecting) on a fresh
+temporary home, so it touches nothing outside it.
+"""
 
 from __future__ import annotations
 
-import pytest
+import tempfile
+from pathlib import Path
+
 import schemathesis
-from fastapi import FastAPI
 from hypothesis import HealthCheck, settings
 
 from api.main import create_app
 from spartan.settings import Settings
 
-
-@pytest.fixture
-def fuzz_app(settings: Settings) -> FastAPI:
-    return create_app(settings)
-
-
-@pytest.fixture
-def api_schema(fuzz_app: FastAPI):
-    return schemathesis.openapi.from_asgi("/openapi.json", fuzz_app)
-
-
-schema = schemathesis.pytest.from_fixture("api_schema")
+_HOME = Path(tempfile.mkdtemp(prefix="spartan-fuzz-"))
+(_HOME / "data").mkdir()
+app = create_app(Settings(home=_HOME / "home", data_roots=[_HOME / "data"]))
+schema = schemathesis.openapi.from_asgi("/openapi.json", app)
 
 
 @schema.parametrize()
