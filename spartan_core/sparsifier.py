@@ -440,7 +440,8 @@ class Sparsifier:
                 weights = [self._original(i).detach() for i in budget.layers]
                 self.method.update(group, weights, budget.fraction, beta, value_scale=c.value_scale)
                 for layer in group.layers:
-                    layer.group = group
+                    if layer.group is not group:
+                        layer.group = group
         logger.debug(
             "step %d: fraction %.6f beta %.4g groups %d", step, fraction, beta, len(self._groups)
         )

@@ -1,0 +1,335 @@
+"""The Sparsifier: budgets, finalize, resume, read-outs and every ValueError."""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Callable
+
+import pytest
+import torch
+from torch import nn
+from torch.testing import assert_close
+
+from spartan_core import ParamsCost, Sparsifier, SparsifierConfig
+from spartan_core.methods import METHODS
+
+
+def _cnn(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Conv2d(4, 8, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(8 * 4 * 4, 16),
+        nn.ReLU(),
+        nn.Linear(16, 4),
+    )
+
+
+def _batches(n: int, seed: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    return [
+        (torch.randn(6, 1, 8, 8, generator=g), torch.randint(0, 4, (6,), generator=g))
+        for _ in range(n)
+    ]
+
+
+def _train(
+    model: nn.Module,
+    sparsifier: Sparsifier,
+    optimizer: torch.optim.Optimizer,
+    batches: list[tuple[torch.Tensor, torch.Tensor]],
+    each: Callable[[], None] | None = None,
+) -> None:
+    model.train()
+    for x, y in batches:
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        sparsifier.step()
+        if each is not None:
+            each()
+
+
+MASKED = 4 * 9 + 8 * 36 + 16 * 128 + 4 * 16  # weights of the four maskable layers
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+@pytest.mark.parametrize("block_shape", [(1, 1), (4, 4)])
+def test_finalize_gives_the_exact_target_count(method: str, block_shape: tuple[int, int]) -> None:
+    model = _cnn()
+    include = ["3", "6", "8"] if block_shape != (1, 1) else []  # the first conv has 4x9
+    config = SparsifierConfig(
+        method=method, target=0.1, block_shape=block_shape, include=include, beta_max=20.0
+    )
+    steps = 12
+    sparsifier = Sparsifier(model, config, total_steps=steps)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    _train(model, sparsifier, optimizer, _batches(steps))
+    assert sparsifier.frozen
+    masks = sparsifier.masks()
+    model.eval()
+    x = torch.randn(3, 1, 8, 8)
+    with torch.no_grad():
+        before = model(x)
+    sparsifier.finalize()
+    with torch.no_grad():
+        assert_close(model(x), before, rtol=0, atol=0)
+    kept = 0
+    for target in sparsifier.targets:
+        weight = model.get_submodule(target.module_name).weight
+        assert type(model.get_submodule(target.module_name)) in (nn.Conv2d, nn.Linear)
+        assert torch.all(weight[~masks[target.name]] == 0)  # exactly zero outside the mask
+        kept += int((weight != 0).sum())
+    masked = sum(t.numel for t in sparsifier.targets)
+    dense = MASKED - masked
+    expected = 0.1 * MASKED - dense  # the whole model keeps 10% of its maskable weights
+    block = block_shape[0] * block_shape[1]
+    assert expected <= kept < expected + block
+
+
+def test_finalize_before_the_freeze_bakes_the_soft_mask() -> None:
+    model = _cnn()
+    config = SparsifierConfig(target=0.3, warmup_frac=0.0)
+    sparsifier = Sparsifier(model, config, total_steps=10)
+    values = sparsifier.mask_values()
+    originals = {
+        t.name: sparsifier._original(i).detach().clone() for i, t in enumerate(sparsifier.targets)
+    }
+    sparsifier.finalize()
+    for target in sparsifier.targets:
+        weight = model.get_submodule(target.module_name).weight
+        assert_close(weight, originals[target.name] * values[target.name], rtol=0, atol=0)
+    with pytest.raises(RuntimeError, match="finalized"):
+        sparsifier.step()
+
+
+def _state(model: nn.Module, optimizer: torch.optim.Optimizer, sparsifier: Sparsifier) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "sparsifier": sparsifier.state_dict(),
+        },
+        buffer,
+    )
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+@pytest.mark.parametrize("distribution", ["global", "erk"])
+def test_resume_gives_bit_identical_masks(method: str, distribution: str) -> None:
+    steps, cut = 14, 5  # the cut falls inside the warm-up
+    config = SparsifierConfig(
+        method=method, target=0.15, distribution=distribution, warmup_frac=0.5, finetune_frac=0.2
+    )
+    batches = _batches(steps)
+
+    def build() -> tuple[nn.Module, torch.optim.Optimizer, Sparsifier]:
+        model = _cnn()
+        sparsifier = Sparsifier(model, config, total_steps=steps)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
+        return model, optimizer, sparsifier
+
+    def snapshot(sparsifier: Sparsifier) -> dict[str, torch.Tensor]:
+        out = {}
+        for layer in sparsifier.layers:
+            out[layer.name + ".hard"] = layer.hard.clone()
+            if layer.soft is not None:
+                out[layer.name + ".soft"] = layer.soft.clone()
+        return out
+
+    model, optimizer, sparsifier = build()
+    straight: list[dict[str, torch.Tensor]] = []
+    _train(model, sparsifier, optimizer, batches, lambda: straight.append(snapshot(sparsifier)))
+
+    model, optimizer, sparsifier = build()
+    _train(model, sparsifier, optimizer, batches[:cut])
+    saved = _state(model, optimizer, sparsifier)
+    del model, optimizer, sparsifier
+    model, optimizer, sparsifier = build()
+    state = torch.load(io.BytesIO(saved), weights_only=True)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    sparsifier.load_state_dict(state["sparsifier"])
+    assert sparsifier.current_step == cut
+    resumed: list[dict[str, torch.Tensor]] = []
+    _train(
+        model, sparsifier, optimizer, batches[cut:], lambda: resumed.append(snapshot(sparsifier))
+    )
+    assert len(resumed) == steps - cut
+    for expected, got in zip(straight[cut:], resumed, strict=True):
+        assert expected.keys() == got.keys()
+        for key in expected:
+            assert torch.equal(expected[key], got[key]), key
+    assert sparsifier.frozen
+
+
+def test_load_state_dict_rejects_a_different_sparsifier() -> None:
+    state = Sparsifier(_cnn(), SparsifierConfig(target=0.5), total_steps=4).state_dict()
+    other = Sparsifier(_cnn(), SparsifierConfig(target=0.5), total_steps=5)
+    with pytest.raises(ValueError, match="total_steps"):
+        other.load_state_dict(state)
+    fewer = Sparsifier(_cnn(), SparsifierConfig(target=0.5, exclude=["8"]), total_steps=4)
+    with pytest.raises(ValueError, match="layers"):
+        fewer.load_state_dict(state)
+    method = Sparsifier(_cnn(), SparsifierConfig(method="magnitude", target=0.5), total_steps=4)
+    with pytest.raises(ValueError, match="method"):
+        method.load_state_dict(state)
+
+
+def test_state_dict_is_keyed_by_parameter_name() -> None:
+    sparsifier = Sparsifier(_cnn(), SparsifierConfig(target=0.5), total_steps=4)
+    state = sparsifier.state_dict()
+    assert list(state["layers"]) == ["0.weight", "3.weight", "6.weight", "8.weight"]
+    assert state["layers"]["6.weight"]["soft"].shape == (16, 128)
+
+
+def test_excluded_layers_count_at_full_density() -> None:
+    model = _cnn()
+    config = SparsifierConfig(target=0.3, exclude=["0", "8"], warmup_frac=0.0)
+    sparsifier = Sparsifier(model, config, total_steps=3)
+    assert [t.name for t in sparsifier.targets] == ["3.weight", "6.weight"]
+    dense = 4 * 9 + 4 * 16
+    assert sparsifier.dense_cost == dense
+    assert abs(sparsifier.kept_cost_fraction() - 0.3) * MASKED < 1
+    masked_kept = sum(int(m.sum()) for m in sparsifier.masks().values())
+    assert abs(masked_kept - (0.3 * MASKED - dense)) < 1  # the masked layers keep less than 30%
+    assert masked_kept / (MASKED - dense) < 0.3
+
+
+def test_unreachable_target_names_the_numbers() -> None:
+    with pytest.raises(ValueError, match=r"target: .*unreachable.*dense cost 2400"):
+        Sparsifier(_cnn(), SparsifierConfig(target=0.05, include=["0"]), total_steps=3)
+
+
+def test_target_one_keeps_everything() -> None:
+    model = _cnn()
+    sparsifier = Sparsifier(model, SparsifierConfig(target=1.0, warmup_frac=0.0), total_steps=3)
+    _train(model, sparsifier, torch.optim.SGD(model.parameters(), lr=0.01), _batches(3))
+    assert all(bool(m.all()) for m in sparsifier.masks().values())
+    assert sparsifier.kept_cost_fraction() == 1.0
+
+
+def test_read_outs() -> None:
+    model = _cnn()
+    sparsifier = Sparsifier(model, SparsifierConfig(target=0.2, warmup_frac=0.0), total_steps=5)
+    masks = sparsifier.masks()
+    values = sparsifier.mask_values()
+    densities = sparsifier.layer_densities()
+    for target in sparsifier.targets:
+        assert masks[target.name].dtype == torch.bool
+        assert masks[target.name].shape == target.shape
+        assert torch.equal(values[target.name] > 0, masks[target.name])
+        assert densities[target.name] == pytest.approx(float(masks[target.name].float().mean()))
+    stats = sparsifier.stats()
+    assert stats["cost_fraction"] == 0.2 and stats["step"] == 0.0
+    assert stats["kept_cost_fraction"] == pytest.approx(0.2, abs=1 / MASKED)
+    assert "Sparsifier(method='spartan'" in repr(sparsifier)
+
+
+def test_a_cost_model_object_prices_the_budget() -> None:
+    class Pricey(ParamsCost):
+        """The last layer costs 10 per weight."""
+
+        name = "pricey"
+
+        def layer_costs(self, model, targets, block_shape):  # type: ignore[no-untyped-def]
+            costs = super().layer_costs(model, targets, block_shape)
+            last = targets[-1].name
+            costs[last] = type(costs[last])(costs[last].per_entry * 10)
+            return costs
+
+    model = _cnn()
+    config = SparsifierConfig(target=0.2, warmup_frac=0.0, cost_model=Pricey())
+    sparsifier = Sparsifier(model, config, total_steps=3)
+    total = MASKED - 64 + 640
+    kept = sum(int(m.sum()) * (10 if n == "8.weight" else 1) for n, m in sparsifier.masks().items())
+    assert 0.2 * total <= kept < 0.2 * total + 10
+    assert sparsifier.kept_cost_fraction() == pytest.approx(kept / total)
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"method": "rigl"}, "method"),
+        ({"target": 0.0}, "target"),
+        ({"target": 1.5}, "target"),
+        ({"target": math.nan}, "target"),
+        ({"distribution": "layerwise"}, "distribution"),
+        ({"block_shape": (0, 4)}, "block_shape"),
+        ({"block_shape": (2,)}, "block_shape"),
+        ({"block_shape": (1.5, 2)}, "block_shape"),
+        ({"beta_init": 0.0}, "beta_init"),
+        ({"beta_max": -1.0}, "beta_max"),
+        ({"beta_max": math.inf}, "beta_max"),
+        ({"beta_init": 5.0, "beta_max": 2.0}, "beta_max"),
+        ({"warmup_frac": 1.0}, "warmup_frac"),
+        ({"finetune_frac": -0.1}, "finetune_frac"),
+        ({"warmup_frac": 0.6, "finetune_frac": 0.4}, "finetune_frac"),
+        ({"annealing": "step"}, "annealing"),
+        ({"include": "layer1.*"}, "include"),
+        ({"exclude": [""]}, "exclude"),
+        ({"cost_model": ""}, "cost_model"),
+        ({"cost_model": 3}, "cost_model"),
+        ({"value_scale": "max"}, "value_scale"),
+    ],
+)
+def test_config_errors_name_the_field(changes: dict[str, object], field: str) -> None:
+    kwargs: dict[str, object] = {"target": 0.5, **changes}
+    with pytest.raises(ValueError, match=rf"^{field}: "):
+        SparsifierConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def test_config_defaults_and_sparsity() -> None:
+    config = SparsifierConfig.from_sparsity(0.9, block_shape=(4, 4))
+    assert config.target == pytest.approx(0.1)
+    assert config.method == "spartan" and config.distribution == "global"
+    assert config.beta_init == 1.0 and config.beta_max == 10.0
+    assert config.beta_max_effective == 40.0
+    assert (config.warmup_frac, config.finetune_frac) == (0.2, 0.2)
+    assert SparsifierConfig(target=0.5, beta_max=None).beta_max == 10.0  # type: ignore[arg-type]
+    assert SparsifierConfig(target=0.5, include=["a*"]).include == ("a*",)
+    with pytest.raises(ValueError, match=r"^sparsity: "):
+        SparsifierConfig.from_sparsity(1.0)
+    with pytest.raises(ValueError, match=r"^cost_model: "):
+        SparsifierConfig.from_sparsity(0.5, cost_model="flops")
+    with pytest.raises(ValueError, match=r"^target: "):
+        SparsifierConfig.from_sparsity(0.5, target=0.5)
+
+
+@pytest.mark.parametrize("total", [0, -1, 2.5, True, None])
+def test_bad_total_steps(total: object) -> None:
+    with pytest.raises(ValueError, match=r"^total_steps: "):
+        Sparsifier(_cnn(), SparsifierConfig(target=0.5), total_steps=total)  # type: ignore[arg-type]
+
+
+def test_bad_model_and_config_objects() -> None:
+    with pytest.raises(ValueError, match=r"^model: "):
+        Sparsifier(nn.Sequential(nn.ReLU(), nn.BatchNorm1d(3)), SparsifierConfig(target=0.5), 3)
+    with pytest.raises(ValueError, match=r"^model: "):
+        Sparsifier("resnet18", SparsifierConfig(target=0.5), 3)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"^config: "):
+        Sparsifier(_cnn(), {"target": 0.5}, 3)  # type: ignore[arg-type]
+
+
+def test_block_shape_that_does_not_tile_names_the_layer() -> None:
+    model = _cnn()
+    with pytest.raises(ValueError, match=r"^block_shape: .*layer '0'"):
+        Sparsifier(model, SparsifierConfig(target=0.5, block_shape=(4, 4)), total_steps=3)
+    assert not any(isinstance(m, nn.Module) and hasattr(m, "parametrizations") for m in model)
+
+
+def test_unknown_cost_model_name() -> None:
+    with pytest.raises(ValueError, match=r"^cost_model: "):
+        Sparsifier(_cnn(), SparsifierConfig(target=0.5, cost_model="no-such-model"), 3)
+
+
+def test_include_matching_nothing() -> None:
+    with pytest.raises(ValueError, match=r"^model: no maskable layer"):
+        Sparsifier(_cnn(), SparsifierConfig(target=0.5, include=["encoder.*"]), 3)
