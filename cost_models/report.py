@@ -446,13 +446,43 @@ def _effective_weight(
 
 
 def dense_copy(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` with every parametrization baked into plain parameters."""
-    copied = copy.deepcopy(model)
-    for module in copied.modules():
-        if parametrize.is_parametrized(module):
-            for name in list(module.parametrizations.keys()):
-                parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+    """A copy of ``model`` with the masking machinery baked in and dropped.
+
+    For a masked model (one carrying parametrizations), each parametrized tensor becomes a
+    plain parameter holding its effective value, and the forward hooks (a Sparsifier's) are
+    left out of the copy; the objects owning those hooks are not copied.
+    """
+    masked = any(parametrize.is_parametrized(m) for m in model.modules())
+    memo: dict[int, Any] = {}
+    if masked:
+        for module in model.modules():
+            for hooks in (module._forward_pre_hooks, module._forward_hooks):
+                for hook in hooks.values():
+                    owner = getattr(hook, "__self__", None)
+                    if owner is not None and not isinstance(owner, nn.Module):
+                        memo[id(owner)] = owner  # shared, not copied: the hook is dropped
+    copied = copy.deepcopy(model, memo)
+    if masked:
+        for module in copied.modules():
+            module._forward_pre_hooks.clear()
+            module._forward_hooks.clear()
+            if parametrize.is_parametrized(module):
+                _bake_parametrizations(module)
     return copied
+
+
+def _bake_parametrizations(module: nn.Module) -> None:
+    """Turn a parametrized module (a copy) back into its plain class with effective values.
+
+    ``parametrize.remove_parametrizations`` would delete the property from the injected class,
+    which the copy shares with the original model, so the class is swapped here instead.
+    """
+    with torch.no_grad():
+        values = {name: getattr(module, name).detach().clone() for name in module.parametrizations}
+    del module._modules["parametrizations"]
+    module.__class__ = module.__class__.__bases__[0]
+    for name, value in values.items():
+        setattr(module, name, nn.Parameter(value, requires_grad=False))
 
 
 def measure_latency(

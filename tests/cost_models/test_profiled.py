@@ -1,0 +1,88 @@
+"""profiled: sparse-kernel timings fitted to latency = a + b * kept_blocks per layer."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from torch import nn
+
+import cost_models
+from cost_models.profiled import fit_line
+from spartan_core.layers import maskable_targets
+from tests.cost_models.conftest import INPUT_SIZE
+
+FAST = {"input_size": INPUT_SIZE, "densities": (0.25, 0.5, 1.0), "repeats": 2, "warmup": 0}
+
+
+def test_fit_recovers_an_exact_line() -> None:
+    fit = fit_line([10, 20, 40], [1.5, 2.0, 3.0], n_blocks=40)
+    assert fit.fixed_ms == pytest.approx(1.0)
+    assert fit.per_block_ms == pytest.approx(0.05)
+    assert fit.r2 == pytest.approx(1.0)
+    assert fit.rel_rms == pytest.approx(0.0, abs=1e-12)
+    assert not fit.clamped
+
+
+def test_fit_keeps_costs_valid() -> None:
+    # decreasing times (noise): the slope is floored at a small positive value
+    flat = fit_line([10, 20, 40], [2.0, 1.9, 1.8], n_blocks=40)
+    assert flat.clamped and flat.per_block_ms > 0 and flat.fixed_ms >= 0
+    # a negative intercept is refitted through the origin
+    steep = fit_line([10, 20, 40], [0.5, 1.5, 3.5], n_blocks=40)
+    assert steep.clamped and steep.fixed_ms == 0.0 and steep.per_block_ms > 0
+    constant = fit_line([1, 2], [1.0, 1.0], n_blocks=2)
+    assert math.isnan(constant.r2) and constant.to_dict()["r2"] is None
+
+
+def test_profiles_every_layer_of_a_tiny_net(tiny_convnet: nn.Module) -> None:
+    cm = cost_models.get("profiled", **FAST)
+    targets = maskable_targets(tiny_convnet)
+    costs = cm.layer_costs(tiny_convnet, targets, (1, 1))
+    assert cm.predicts_latency and cm.unit == "ms"
+    for t in targets:
+        fit = cm.fits[t.name]
+        assert costs[t.name].per_entry == fit.per_block_ms > 0
+        assert costs[t.name].fixed == fit.fixed_ms >= 0
+        assert len(fit.times_ms) == 3 and all(x > 0 for x in fit.times_ms)
+        assert fit.kept_blocks[-1] == t.numel
+        assert cm.layer_details(t.name)["fit"]["kept_blocks"] == list(fit.kept_blocks)
+
+
+def test_blocks_and_report_details(tiny_convnet: nn.Module) -> None:
+    cm = cost_models.get("profiled", **FAST)
+    report = cost_models.cost_report(
+        tiny_convnet, cm, include=["conv2"], block_shape=(4, 4), latency_repeats=0
+    )
+    (row,) = [r for r in report.layers if r.masked]
+    assert row.details["fit"]["kept_blocks"][-1] == row.entries == (16 // 4) * (72 // 4)
+    assert row.predicted_dense_latency_ms == pytest.approx(
+        row.fixed_cost + row.cost_per_entry * row.entries
+    )
+
+
+def test_attention_layers_are_profiled() -> None:
+    layer = nn.TransformerEncoderLayer(16, 2, dim_feedforward=16, batch_first=True)
+    cm = cost_models.get("profiled", **{**FAST, "input_size": (5, 16)})
+    costs = cm.layer_costs(layer, maskable_targets(layer), (1, 1))
+    assert costs["self_attn.in_proj_weight"].per_entry > 0
+    assert costs["self_attn.out_proj.weight"].per_entry > 0
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"densities": (0.5,)}, "densities"),
+        ({"densities": (0.5, 0.5)}, "densities"),
+        ({"densities": (0.0, 1.0)}, "densities"),
+        ({"densities": "dense"}, "densities"),
+        ({"repeats": 0}, "repeats"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"warmup": -1}, "warmup"),
+        ({"device": "warp-drive"}, "device"),
+        ({"input_size": (3, -1, 8)}, "input_size"),
+    ],
+)
+def test_bad_parameters(params: dict, field: str) -> None:
+    with pytest.raises(ValueError, match=field):
+        cost_models.get("profiled", **params)
