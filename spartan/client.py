@@ -77,6 +77,7 @@ class SpartanClient:
         http: httpx.Client | None = None,
     ) -> None:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._owns_http = http is None
         if http is not None:
             http.headers.update(headers)
             self._http = http
@@ -94,7 +95,9 @@ class SpartanClient:
         return cls(settings.api_url, api_key=settings.api_key or None)
 
     def close(self) -> None:
-        self._http.close()
+        """Close the connection pool (an ``http`` client passed in is left open)."""
+        if self._owns_http:
+            self._http.close()
 
     def __enter__(self) -> SpartanClient:
         return self

@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 import yaml
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from spartan.client import SpartanAPIError, SpartanClient
 from spartan.settings import Settings
@@ -131,7 +131,8 @@ def follow(client: SpartanClient, job_id: str, *, console: Console | None = None
     columns = (
         TextColumn("[bold]{task.fields[status]:<9}"),
         BarColumn(),
-        TextColumn("{task.completed:>6.0f}/{task.total:<6.0f} steps"),
+        MofNCompleteColumn(),
+        TextColumn("steps"),
         TextColumn("{task.fields[info]}"),
         TimeElapsedColumn(),
     )

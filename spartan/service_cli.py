@@ -237,7 +237,8 @@ def jobs(
     except SpartanAPIError as exc:
         raise _fail(exc) from None
     table = Table(title=f"{page['count']} job(s)")
-    for col in ("id", "name", "status", "created", "error"):
+    table.add_column("id", no_wrap=True, min_width=28)
+    for col in ("name", "status", "created", "error"):
         table.add_column(col)
     for job in page["data"]:
         table.add_row(
