@@ -10,7 +10,8 @@ whose time grows linearly with the number of kept entries:
 - Conv2d: im2col then one sparse matmul: ``cols = unfold(pad(x))`` (N, in*kh*kw, L),
   ``y = W @ cols`` with W (out, in*kh*kw) sparse; grouped convolutions use the block-diagonal
   (out, in*kh*kw*groups) matrix, which has no more stored entries.
-- ``nn.MultiheadAttention`` keeps its dense kernel (its packed in-projection is not swapped).
+- ``nn.MultiheadAttention`` keeps its dense kernels (its in- and out-projection weights are read
+  directly by ``F.multi_head_attention_forward``, so they are not swapped).
 
 These kernels are measured, not assumed: on CPU, CSR/BSR time is close to a + b * kept, and
 beats the dense kernel only at low density (see benchmarks/cost_models_kernels.py).
@@ -18,12 +19,13 @@ beats the dense kernel only at low density (see benchmarks/cost_models_kernels.p
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import statistics
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -145,12 +147,15 @@ def sparse_model(
     """A copy of ``model`` whose target Linear/Conv2d layers run sparse kernels.
 
     The copy takes each layer's effective weight (``module.weight``, which for a masked model is
-    the masked weight), so masking parametrizations do not survive into it. Attention
-    in-projections stay dense.
+    the masked weight), so masking parametrizations do not survive into it. The projections
+    inside ``nn.MultiheadAttention`` stay dense. Run it under ``no_attention_fastpath()``.
     """
     copied = copy.deepcopy(model)
+    attention = {n for n, m in copied.named_modules() if isinstance(m, nn.MultiheadAttention)}
     for t in targets:
-        if t.kind == "mha_in_proj":
+        parent_name = t.module_name.rpartition(".")[0]
+        if t.kind == "mha_in_proj" or (t.module_name and parent_name in attention):
+            # F.multi_head_attention_forward reads the projection weights as dense tensors
             continue
         module = get_submodule(copied, t.module_name)
         with torch.no_grad():
@@ -160,6 +165,21 @@ def sparse_model(
         parent_name, _, child = t.module_name.rpartition(".")
         setattr(get_submodule(copied, parent_name), child, replacement)
     return copied
+
+
+@contextlib.contextmanager
+def no_attention_fastpath() -> Iterator[None]:
+    """Turn off PyTorch's fused transformer fast path, which reads Linear weights as dense.
+
+    A sparse model whose ``nn.TransformerEncoderLayer`` holds sparse Linears must run inside
+    this context in eval mode.
+    """
+    enabled = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(enabled)
 
 
 def median_ms(

@@ -30,7 +30,7 @@ from cost_models.base import (
     cost_model_params,
     predicts_latency,
 )
-from cost_models.kernels import kernel_block, median_ms, sparse_model
+from cost_models.kernels import kernel_block, median_ms, no_attention_fastpath, sparse_model
 from cost_models.registry import resolve
 from spartan_core.blocks import (
     BlockShape,
@@ -518,7 +518,8 @@ def measure_latency(
     x = torch.randn((batch_size, *input_size), device=device, dtype=dtype)
     with torch.inference_mode():
         dense_ms = median_ms(lambda: dense(x), repeats=repeats, device=device)
-        sparse_ms = median_ms(lambda: sparse(x), repeats=repeats, device=device)
+        with no_attention_fastpath():
+            sparse_ms = median_ms(lambda: sparse(x), repeats=repeats, device=device)
     block = kernel_block(block_shape)
     kernel = "csr" if block == (1, 1) else f"bsr {block[0]}x{block[1]}"
     return MeasuredLatency(

@@ -11,6 +11,7 @@ from cost_models.kernels import (
     SparseLinear,
     kernel_block,
     median_ms,
+    no_attention_fastpath,
     sparse_model,
 )
 from spartan_core.layers import maskable_targets
@@ -74,3 +75,18 @@ def test_median_ms() -> None:
     assert len(calls) == 5
     with pytest.raises(ValueError, match="repeats"):
         median_ms(lambda: None, repeats=0)
+
+
+def test_sparse_transformer_layer_keeps_attention_dense() -> None:
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(16, 2, dim_feedforward=32, batch_first=True).eval()
+    for module in layer.modules():
+        if isinstance(module, nn.Linear):
+            pruned(module)
+    sparse = sparse_model(layer, maskable_targets(layer)).eval()
+    assert isinstance(sparse.linear1, SparseLinear)
+    assert type(sparse.self_attn.out_proj) is type(layer.self_attn.out_proj)
+    x = torch.randn(2, 5, 16)
+    with torch.inference_mode(), no_attention_fastpath():
+        torch.testing.assert_close(sparse(x), layer(x))
+    assert torch.backends.mha.get_fastpath_enabled()

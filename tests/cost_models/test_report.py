@@ -167,3 +167,12 @@ def test_json_csv_and_latency(tiny_convnet: nn.Module) -> None:
     assert float(rows[-1]["sparse_cost"]) == report.layers[-1].sparse_cost
     with pytest.raises(ValueError, match="schema_version"):
         CostReport.from_dict({**data, "schema_version": 99})
+
+
+def test_transformer_report_with_latency() -> None:
+    layer = nn.TransformerEncoderLayer(16, 2, dim_feedforward=32, batch_first=True)
+    report = cost_models.cost_report(layer, "flops", (5, 16), latency_repeats=1)
+    types = {r.name: r.type for r in report.layers}
+    assert types["self_attn.in_proj_weight"] == "mha_in_proj"
+    assert report.totals.dense_cost == 5 * (3 * 16 * 16 + 16 * 16 + 2 * 16 * 32)
+    assert report.measured_latency.sparse_ms > 0
