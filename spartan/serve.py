@@ -10,6 +10,7 @@ results and shuts everything down.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -90,17 +91,29 @@ def free_port() -> int:
 
 
 @contextmanager
-def local_service(settings: Settings, *, port: int | None = None) -> Iterator[str]:
-    """Run ``spartan serve`` as a child process until the block ends; yields its URL."""
+def local_service(
+    settings: Settings, *, port: int | None = None, log_path: Path | None = None
+) -> Iterator[str]:
+    """Run ``spartan serve`` as a child process until the block ends; yields its URL.
+
+    Its output (API and worker logs) goes to ``log_path`` when given.
+    """
     port = port or free_port()
     url = f"http://127.0.0.1:{port}"
     cmd = [sys.executable, "-m", "spartan.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
-    proc = subprocess.Popen(cmd, env=child_env(settings), start_new_session=True)
-    try:
-        wait_ready(url, proc=proc)
-        yield url
-    finally:
-        stop_process(proc, timeout=30)
+    with open(log_path, "ab") if log_path else contextlib.nullcontext() as log_file:
+        proc = subprocess.Popen(
+            cmd,
+            env=child_env(settings),
+            start_new_session=True,
+            stdout=log_file,
+            stderr=subprocess.STDOUT if log_file else None,
+        )
+        try:
+            wait_ready(url, proc=proc)
+            yield url
+        finally:
+            stop_process(proc, timeout=30)
 
 
 def wait_ready(
@@ -223,8 +236,10 @@ def run_demo(
     """
     console = console or Console()
     spec = yaml.safe_load(spec_path.read_text())
-    console.print(f"spartan demo: state under {settings.home}")
-    with local_service(settings) as url:
+    settings.ensure_dirs()
+    log_path = settings.home / "demo.log"
+    console.print(f"spartan demo: state under {settings.home}, service logs in {log_path}")
+    with local_service(settings, log_path=log_path) as url:
         console.print(f"service ready at {url}; submitting {spec_path.name}")
         with SpartanClient(url) as client:
             job = client.submit(spec)
