@@ -146,7 +146,7 @@ def plan(
     for p in masked_layers:
         weight = _param(model, p.target.name).detach()
         values = block_values(weight, block_shape).float()  # (n_blocks,), a new tensor
-        units.append(values.div_(p.cost.per_entry))
+        units.append(values if p.cost.per_entry == 1.0 else values.div_(p.cost.per_entry))
     infos = [
         LayerInfo(p.target.name, p.target.shape, p.cost.per_entry * p.entries)
         for p in masked_layers
@@ -169,19 +169,20 @@ def plan(
     for p in priced:
         weight = _param(model, p.target.name).detach()
         if not p.masked:
-            keep = block_values(weight, p.block_shape) != 0
+            n_kept = int(torch.count_nonzero(block_values(weight, p.block_shape)))
             nonzero = int(torch.count_nonzero(weight))
         else:
-            keep = kept[p.target.name]
             name = p.target.name
+            keep = kept[name]
+            n_kept = int(torch.count_nonzero(keep))
             if block_shape == (1, 1) and thresholds[group_of[name]] > 0:
-                nonzero = int(keep.sum())  # u >= t > 0: every kept weight is nonzero
+                nonzero = n_kept  # u >= t > 0: every kept weight is nonzero
             elif block_shape == (1, 1):
                 nonzero = int(torch.count_nonzero(units[index_of[name]]))
             else:
                 mask = expand_block_mask(keep, weight.shape, block_shape)
                 nonzero = int(torch.count_nonzero(weight * mask))
-        rows.append(layer_row(cm, p, keep, weight.numel() - nonzero))
+        rows.append(layer_row(cm, p, n_kept, weight.numel() - nonzero))
     return Plan(
         cost_model={"name": cm.name, "unit": cm.unit, "params": cost_model_params(cm)},
         target=float(target),

@@ -14,7 +14,6 @@ import copy
 import csv
 import io
 import json
-import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
@@ -42,14 +41,12 @@ from spartan_core.blocks import (
 from spartan_core.costs import CostModel, LayerCost
 from spartan_core.layers import MaskTarget, find_targets, get_submodule, maskable_targets
 
-logger = logging.getLogger(__name__)
-
 SCHEMA_VERSION = 1
 
 
 @dataclass
 class LayerRow:
-    """One masked layer of the report (see docs/cost_models.md for each field)."""
+    """One maskable layer of the report (see docs/cost_models.md for each field)."""
 
     name: str
     module: str
@@ -225,12 +222,12 @@ def price_layers(
 def layer_row(
     cost_model: CostModel,
     layer: PricedLayer,
-    kept_blocks: torch.Tensor,
+    kept_entries: int,
     zero_weights: int,
 ) -> LayerRow:
-    """One report row from a priced layer, its kept blocks (n_blocks,) and zero weights."""
+    """One report row from a priced layer, its kept entries and its zero weights."""
     t, cost = layer.target, layer.cost
-    kept = int(kept_blocks.sum())
+    kept = int(kept_entries)
     zeros = int(zero_weights)
     latency = predicts_latency(cost_model)
     details_of = getattr(cost_model, "layer_details", None)
@@ -358,7 +355,8 @@ def cost_report(
         layer_masks = masks if layer.masked else None
         kept = _block_mask(model, layer.target, layer.block_shape, layer_masks)
         weight = _effective_weight(model, layer.target, layer.block_shape, layer_masks, kept)
-        rows.append(layer_row(cm, layer, kept, weight.numel() - int(torch.count_nonzero(weight))))
+        zeros = weight.numel() - int(torch.count_nonzero(weight))
+        rows.append(layer_row(cm, layer, int(torch.count_nonzero(kept)), zeros))
     measured = None
     if latency_repeats:
         assert size is not None
