@@ -103,3 +103,17 @@ def test_every_cost_model_prices_a_tiny_net(name: str, tiny_convnet: nn.Module) 
     report = cost_models.cost_report(tiny_convnet, cm, INPUT_SIZE, latency_repeats=0)
     assert report.totals.dense_cost > 0
     json.dumps(report.to_dict())
+
+
+def test_a_cost_model_that_skips_a_layer_is_caught(tiny_convnet: nn.Module) -> None:
+    class Partial:
+        name = "partial"
+        unit = "x"
+
+        def layer_costs(self, model, targets, block_shape):
+            return {t.name: LayerCost(1.0) for t in targets if t.name != "fc.weight"}
+
+    with pytest.raises(ValueError, match=r"'partial' gave no cost for layer 'fc.weight'"):
+        cost_models.plan(tiny_convnet, Partial(), 0.5)
+    with pytest.raises(ValueError, match="per_entry: costs must be positive"):
+        LayerCost(0.0)
