@@ -50,11 +50,22 @@ def child_env(settings: Settings, **extra: str) -> dict[str, str]:
     return env
 
 
+def _die_with_parent() -> None:
+    # Linux: SIGTERM the child when the process that started it dies, even by SIGKILL.
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 def start_worker(settings: Settings) -> subprocess.Popen[bytes]:
     """Start one worker process (its own process group, so it can be stopped as a whole)."""
     cmd = worker_command(settings)
     log.info("starting worker: %s", " ".join(cmd))
-    return subprocess.Popen(cmd, env=child_env(settings), start_new_session=True)
+    return subprocess.Popen(
+        cmd, env=child_env(settings), start_new_session=True, preexec_fn=_die_with_parent
+    )
 
 
 def stop_process(proc: subprocess.Popen[bytes], *, timeout: float = 20.0) -> None:
@@ -76,12 +87,19 @@ def run_service(settings: Settings, *, host: str, port: int, worker: bool = True
     import uvicorn
 
     settings.ensure_dirs()
+    # uvicorn shuts down on SIGTERM/SIGINT and then re-raises the signal with the previous
+    # handler in place; make that an exception so the worker is stopped below.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     proc = start_worker(settings) if worker else None
     try:
         uvicorn.run("api.main:create_app", factory=True, host=host, port=port, log_level="info")
     finally:
         if proc is not None:
             stop_process(proc)
+
+
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def free_port() -> int:
