@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import typer
 
-app = typer.Typer(help="Train neural networks to a sparsity or hardware-cost budget.", no_args_is_help=True)
+app = typer.Typer(
+    help="Train neural networks to a sparsity or hardware-cost budget.", no_args_is_help=True
+)
 
 
 @app.command()

@@ -69,7 +69,9 @@ class SparsitySpec(_Strict):
         None, description="kept fraction of the cost model's total cost"
     )
     distribution: Literal["global", "uniform", "erk"] = "global"
-    block_shape: tuple[Annotated[int, Field(ge=1, le=1024)], Annotated[int, Field(ge=1, le=1024)]] = (1, 1)
+    block_shape: tuple[
+        Annotated[int, Field(ge=1, le=1024)], Annotated[int, Field(ge=1, le=1024)]
+    ] = (1, 1)
     beta_init: float = Field(1.0, gt=0.0, le=1e6)
     beta_max: float | None = Field(None, gt=0.0, le=1e6, description="default: the method's")
     warmup_frac: float = Field(0.2, ge=0.0, lt=1.0)

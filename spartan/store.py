@@ -378,7 +378,9 @@ class JobStore:
     def owner_for_key_hash(self, *, key_hash: str) -> str | None:
         with self.session() as s:
             row = s.scalar(
-                select(ApiKeyRow).where(ApiKeyRow.key_hash == key_hash, ApiKeyRow.revoked.is_(False))
+                select(ApiKeyRow).where(
+                    ApiKeyRow.key_hash == key_hash, ApiKeyRow.revoked.is_(False)
+                )
             )
             return row.owner if row is not None else None
 
