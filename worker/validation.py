@@ -22,6 +22,7 @@ from spartan.spec import JobSpec, check_paths, resolve_data_path
 log = logging.getLogger(__name__)
 
 DIGITS_CLASSES = 10
+DIGITS_SAMPLES = 1797
 
 
 def validate_spec(spec: JobSpec, settings: Settings, *, owner: str | None = None) -> None:
@@ -103,6 +104,16 @@ def _check_data(spec: JobSpec, settings: Settings) -> None:
     if data.source == "digits" and spec.model.num_classes < DIGITS_CLASSES:
         raise ValueError(
             f"model.num_classes: digits has {DIGITS_CLASSES} classes, got {spec.model.num_classes}"
+        )
+    train_size = None
+    if data.source == "digits":
+        train_size = DIGITS_SAMPLES - max(1, round(DIGITS_SAMPLES * data.val_fraction))
+    elif data.source == "synthetic":
+        train_size = data.num_samples - max(1, round(data.num_samples * data.val_fraction))
+    if train_size is not None and train_size < spec.training.batch_size:
+        raise ValueError(
+            f"training.batch_size: {spec.training.batch_size} is larger than the training "
+            f"split ({train_size} samples of {data.source})"
         )
     if data.source == "imagefolder":
         assert data.path is not None  # the schema requires it
