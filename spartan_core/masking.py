@@ -7,21 +7,22 @@ over the weight viewed as (R*r, C*c), which broadcasts against the weight viewed
 (R, r, C, c). Masks are recomputed only in ``Sparsifier.step()``; every forward until the next
 step reuses them.
 
-Spartan's forward is w_fwd = (w * m) * h with m the soft top-k mask of the unit values
-u = v / (c * S) (v = |w| or block sums of |w|, c the per-entry cost, S the group's detached
-value scale) and h the hard top-k mask. In the backward h is the identity. With
-G = dL/dw_fwd, g_j = dL/dm_j = sum over block j of G * w, s_j = m_j (1 - m_j) and lam the
-group's dual variable:
+Spartan's forward is w_fwd = (w * m) * h with m = sigmoid(b * (u - lam)) the soft top-k mask of
+the unit values u = v / c (v = |w| or block sums of |w|, c the per-entry cost), h the hard
+top-k mask and b = beta / S the slope: the scheduled beta divided by the group's detached
+value scale S (see ``SparsifierConfig``). In the backward h is the identity. With
+G = dL/dw_fwd, g_j = dL/dm_j = sum over block j of G * w and s_j = m_j (1 - m_j):
 
-    dL/dw = G * m + (beta / S) * s_j * (g_j / c_j - Lambda) * sign(w),
+    dL/dw = G * m + b * s_j * (g_j / c_j - Lambda) * sign(w),
     Lambda = (sum_i g_i s_i) / (sum_i c_i s_i)   over ALL entries of the budget group.
 
-The sum couples the layers of a group. It is computed by autograd, without concatenating the
-weights: ``DualNode`` is one scalar node per group whose inputs are all the group's weights
-and whose value is lam; each layer's ``SoftMask`` returns its local gradient for w and
-dL/dlam = -beta * sum_j g_j s_j; autograd adds those over layers, and the dual node's
-backward sends dL/dlam * dlam/dw_j = dL/dlam * s_j / (S * sum_i c_i s_i) * sign(w_j) to every
-weight (implicit differentiation of sum_i c_i m_i = budget).
+(For 1x1 blocks the local part is G * (m + (b / c) * s * |w|).) The sum couples the layers of
+a group. It is computed by autograd, without concatenating the weights: ``DualNode`` is one
+scalar node per group whose inputs are all the group's weights and whose value is lam; each
+layer's ``SoftMask`` returns its local gradient for w and dL/dlam = -b * sum_j g_j s_j;
+autograd adds those over layers, and the dual node's backward sends
+dL/dlam * dlam/dw_j = dL/dlam * s_j / (sum_i c_i s_i) * sign(w_j) to every weight (implicit
+differentiation of sum_i c_i m_i = budget).
 """
 
 from __future__ import annotations
@@ -46,10 +47,10 @@ class DualGroup:
     Attributes:
         layers: the group's parametrizations.
         fraction: kept cost fraction of the group at the last update.
-        beta: inverse temperature at the last update.
-        dual: lam in scaled unit values (-inf when everything is kept).
-        threshold: hard threshold t in scaled unit values: kept == (u >= t).
+        beta: scheduled inverse temperature at the last update.
         scale: S, the detached divisor of the unit values (1 when not scaled).
+        dual: lam in unit values (-inf when everything is kept).
+        threshold: hard threshold t in unit values: kept == (u >= t).
         s_cost: sum_i c_i m_i (1 - m_i) over the group, the denominator of Lambda.
         iterations: solver iterations of the last dual solve.
         node: the dual node of the forward pass in progress, or None.
@@ -59,12 +60,17 @@ class DualGroup:
         self.layers = list(layers)
         self.fraction = 1.0
         self.beta = 1.0
+        self.scale = 1.0
         self.dual = -math.inf
         self.threshold = -math.inf
-        self.scale = 1.0
         self.s_cost = 0.0
         self.iterations = 0
         self.node: Tensor | None = None
+
+    @property
+    def slope(self) -> float:
+        """b = beta / S: the inverse temperature applied to unscaled unit values."""
+        return self.beta / self.scale
 
     @property
     def coupled(self) -> bool:
@@ -76,14 +82,14 @@ class DualGroup:
         return {
             "fraction": self.fraction,
             "beta": self.beta,
+            "scale": self.scale,
             "dual": self.dual,
             "threshold": self.threshold,
-            "scale": self.scale,
             "s_cost": self.s_cost,
         }
 
     def load_scalars(self, values: dict[str, float]) -> None:
-        for key in ("fraction", "beta", "dual", "threshold", "scale", "s_cost"):
+        for key in ("fraction", "beta", "scale", "dual", "threshold", "s_cost"):
             setattr(self, key, float(values[key]))
 
 
@@ -157,6 +163,8 @@ class MaskParametrization(nn.Module):
 
 def masked_product(weight: Tensor, mask: Tensor, layer: MaskParametrization) -> Tensor:
     """w * mask with plain autograd (gradient masked too); mask in entry layout."""
+    if mask.dtype == torch.bool:
+        mask = mask.view(torch.uint8)  # float * uint8 is a fast kernel, float * bool is not
     return (layer.blocks(weight) * mask).view(layer.weight_shape)
 
 
@@ -166,7 +174,7 @@ class SoftMask(torch.autograd.Function):
     ``dual`` is the group's dual node (or None: then the layer is not coupled to the rest of
     its group in the backward). The masks are read from ``layer`` and saved, so an in-place
     update of them between forward and backward is an autograd error rather than a silent
-    wrong gradient.
+    wrong gradient; the group's scalars are copied for the same reason.
     """
 
     @staticmethod
@@ -174,14 +182,12 @@ class SoftMask(torch.autograd.Function):
         ctx: Any, weight: Tensor, dual: Tensor | None, layer: MaskParametrization
     ) -> Tensor:
         soft, hard = layer.soft, layer.hard
-        assert soft is not None and layer.group is not None
-        out = layer.blocks(weight) * soft
-        out.mul_(hard)
         group = layer.group
+        assert soft is not None and group is not None
+        out = layer.blocks(weight) * soft
+        out.mul_(hard.view(torch.uint8))
         ctx.layer = layer
-        # The scalars of this forward, so the backward pairs them with the saved mask.
-        ctx.coupled, ctx.beta = group.coupled, group.beta
-        ctx.coef = group.beta / (group.scale * layer.cost)
+        ctx.coupled, ctx.slope = group.coupled, group.slope
         ctx.save_for_backward(weight, soft)
         return out.view(layer.weight_shape)
 
@@ -189,35 +195,47 @@ class SoftMask(torch.autograd.Function):
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
         weight, soft = ctx.saved_tensors
         layer: MaskParametrization = ctx.layer
+        want_w, want_dual = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad = layer.blocks(grad_out)
-        grad_w = grad * soft  # h is the identity in the backward
+        if not ctx.coupled:
+            return (grad * soft).view(layer.weight_shape) if want_w else None, None, None
+        w = layer.blocks(weight)
+        coef = ctx.slope / layer.cost
+        s = soft * soft
+        torch.sub(soft, s, out=s)  # s = m (1 - m), entry layout
+        g = grad * w  # dL/dm per weight
         grad_dual = None
-        if ctx.coupled:
-            w = layer.blocks(weight)
-            g = grad * w  # dL/dm per weight
-            if not layer.unstructured:
-                g = g.sum(dim=(1, 3), keepdim=True)  # (R, 1, C, 1)
-            g.mul_(soft - soft * soft)  # g_j * s_j
-            if ctx.needs_input_grad[1]:
-                grad_dual = (g.sum() * -ctx.beta).reshape(())
-            grad_w.addcmul_(torch.sign(w), g, value=ctx.coef)
-        if not ctx.needs_input_grad[0]:
+        if layer.unstructured:
+            if want_dual:
+                grad_dual = (torch.dot(g.view(-1), s.view(-1)) * -ctx.slope).reshape(())
+            if not want_w:
+                return None, grad_dual, None
+            # G * m + coef * s * (G * w) * sign(w) = G * (m + coef * s * |w|)
+            torch.abs(w, out=g)
+            torch.addcmul(soft, s, g, value=coef, out=s)
+            return s.mul_(grad), grad_dual, None
+        g = g.sum(dim=(1, 3), keepdim=True).mul_(s)  # g_j s_j, (R, 1, C, 1)
+        if want_dual:
+            grad_dual = (g.sum() * -ctx.slope).reshape(())
+        if not want_w:
             return None, grad_dual, None
+        grad_w = grad * soft  # h is the identity in the backward
+        grad_w.addcmul_(torch.sign(w), g, value=coef)
         return grad_w.view(layer.weight_shape), grad_dual, None
 
 
 class DualNode(torch.autograd.Function):
     """A scalar graph node with value lam that depends on every weight of a group.
 
-    Backward: dL/dw_j = dL/dlam * s_j / (S * sum_i c_i s_i) * sign(w_j), from implicit
-    differentiation of sum_i c_i sigmoid(beta * (u_i - lam)) = budget.
+    Backward: dL/dw_j = dL/dlam * s_j / (sum_i c_i s_i) * sign(w_j), from implicit
+    differentiation of sum_i c_i sigmoid(b * (u_i - lam)) = budget.
     """
 
     @staticmethod
     def forward(ctx: Any, group: DualGroup, *weights: Tensor) -> Tensor:
         softs = [layer.soft for layer in group.layers]
         ctx.layers = list(group.layers)
-        ctx.denominator = group.scale * group.s_cost  # S * sum_i c_i s_i
+        ctx.s_cost = group.s_cost
         ctx.save_for_backward(*weights, *softs)
         return weights[0].new_tensor(group.dual)
 
@@ -226,17 +244,21 @@ class DualNode(torch.autograd.Function):
         layers: list[MaskParametrization] = ctx.layers
         n = len(layers)
         saved = ctx.saved_tensors
-        coef = grad_dual / ctx.denominator
+        coef = grad_dual / ctx.s_cost
         grads: list[Tensor | None] = []
         for i, layer in enumerate(layers):
             if not ctx.needs_input_grad[1 + i]:
                 grads.append(None)
                 continue
             weight, soft = saved[i], saved[n + i]
-            s = soft - soft * soft  # (entry layout)
-            s.mul_(coef)
-            g = torch.sign(layer.blocks(weight)).mul_(s)
-            grads.append(g.view(layer.weight_shape))
+            s = soft * soft
+            torch.sub(soft, s, out=s)  # s = m (1 - m) >= 0, entry layout
+            w = layer.blocks(weight)
+            if layer.unstructured:
+                g = torch.copysign(s, w, out=s)  # s * sign(w), up to the sign of zeros
+            else:
+                g = torch.copysign(s.expand(layer.blocked_shape), w)
+            grads.append(g.mul_(coef).view(layer.weight_shape))
         return (None, *grads)
 
 

@@ -132,20 +132,26 @@ class Spartan(Method):
         total_cost = 0.0
         for layer, weight in zip(layers, weights, strict=True):
             values = layer.entry_values(weight, out=layer.soft)
-            total_value += float(values.sum(dtype=torch.float64))
+            total_value += float(values.sum())
             total_cost += layer.cost * layer.n_entries
+            if layer.cost != 1.0:
+                values.mul_(1.0 / layer.cost)  # u = v / c
+        # Scaling the unit values by 1 / S is the same as dividing beta by S: slope b = beta / S.
         scale = total_value / total_cost if value_scale == "mean" and total_value > 0 else 1.0
-        for layer in layers:
-            layer.soft.div_(layer.cost * scale)  # u = v / (c * S)
+        slope = beta / scale
         segments = [(layer.soft.view(-1), layer.cost) for layer in layers]
         budget = fraction * total_cost
         threshold = topk.hard_threshold(segments, budget, init=_warm(group.threshold))
-        dual, iterations = topk.solve_dual(segments, budget, beta, init=_warm(group.dual))
+        dual, iterations = topk.solve_dual(segments, budget, slope, init=_warm(group.dual))
+        offset = layers[0].soft.new_tensor(-slope * dual)
         s_cost = 0.0
         for layer in layers:
-            torch.ge(layer.soft, threshold, out=layer.hard)
-            soft = layer.soft.sub_(dual).mul_(beta).sigmoid_()  # m = sigmoid(beta * (u - lam))
-            s_cost += layer.cost * float((soft * (1.0 - soft)).sum(dtype=torch.float64))
+            soft = layer.soft
+            torch.ge(soft, threshold, out=layer.hard)
+            torch.add(offset, soft, alpha=slope, out=soft).sigmoid_()  # sigmoid(b * (u - lam))
+            flat = soft.view(-1)
+            # sum of m (1 - m): every term is >= 0, so no cancellation when m saturates
+            s_cost += layer.cost * float(torch.dot(flat, torch.rsub(flat, 1.0)))
         group.fraction, group.beta, group.scale = fraction, beta, scale
         group.dual, group.threshold = float(dual), float(threshold)
         group.s_cost, group.iterations = s_cost, int(iterations)
