@@ -1,0 +1,202 @@
+"""The task's logic in-process (``execute_job``): idempotency, attempts, cancel, SIGTERM, failure.
+
+The same paths run in a real Celery worker in ``test_celery_worker.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from spartan.settings import Settings
+from spartan.spec import JobSpec
+from spartan.store import JobStore, get_store
+from worker import reclaim, tasks
+from worker.tasks import execute_job, job_artifact_dir, job_checkpoint_path
+
+from .conftest import tiny_spec
+
+
+@pytest.fixture
+def store(wsettings: Settings) -> JobStore:
+    return get_store(wsettings.database_url)
+
+
+@pytest.fixture
+def enqueued(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """Messages the code under test would send (no broker needed)."""
+    sent: list[tuple[str, str]] = []
+
+    def fake_enqueue(job_id: str, *, queue: str = "default", app: Any = None) -> None:
+        sent.append((job_id, queue))
+
+    monkeypatch.setattr(tasks, "enqueue_job", fake_enqueue)
+    monkeypatch.setattr(reclaim, "enqueue_job", fake_enqueue)
+    return sent
+
+
+def _job(store: JobStore, spec: JobSpec | dict[str, Any]) -> str:
+    body = spec if isinstance(spec, dict) else spec.model_dump(mode="json")
+    job, _ = store.create_job(owner="alice", spec=body)
+    return job.id
+
+
+def _on_progress(monkeypatch: pytest.MonkeyPatch, action: Any, *, at_step: int = 2) -> None:
+    """Run ``action()`` once, when the job first reports training progress at ``at_step``."""
+    original = tasks._JobMonitor.progress
+    done = {"flag": False}
+
+    def progress(self: Any, p: dict[str, Any]) -> None:
+        original(self, p)
+        if not done["flag"] and p["phase"] == "training" and p["step"] >= at_step:
+            done["flag"] = True
+            action()
+
+    monkeypatch.setattr(tasks._JobMonitor, "progress", progress)
+
+
+def test_preempt_then_resume_then_idempotent(
+    wsettings: Settings,
+    store: JobStore,
+    enqueued: list[tuple[str, str]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    job_id = _job(store, tiny_spec(resources={"queue": "q1"}))
+    _on_progress(monkeypatch, lambda: os.kill(os.getpid(), signal.SIGTERM))
+    assert execute_job(job_id, worker="n1/1", settings=wsettings) == "preempted"
+    job = store.get_job(job_id=job_id)
+    assert job is not None and job.status == "queued"
+    assert job.attempts == 0  # a clean preemption does not count against the limit
+    assert enqueued == [(job_id, "q1")]
+    assert job_checkpoint_path(wsettings, job_id).exists()
+    assert signal.getsignal(signal.SIGTERM) is not None  # handler restored
+
+    monkeypatch.undo()
+    assert execute_job(job_id, worker="n2/2", settings=wsettings) == "succeeded"
+    job = store.get_job(job_id=job_id)
+    assert job is not None and job.status == "succeeded" and job.attempts == 1
+    assert job.metrics is not None and {"dense", "final", "history"} <= set(job.metrics)
+    assert job.progress is not None and job.progress["phase"] == "done"
+    assert (job_artifact_dir(wsettings, job_id) / "model.safetensors").exists()
+    assert not job_checkpoint_path(wsettings, job_id).parent.exists()
+
+    # a re-delivered message for a finished job changes nothing
+    assert execute_job(job_id, worker="n3/3", settings=wsettings) == "noop"
+    again = store.get_job(job_id=job_id)
+    assert again is not None and again.attempts == 1 and again.status == "succeeded"
+
+
+def test_cancel_is_seen_within_a_step(
+    wsettings: Settings, store: JobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job_id = _job(store, tiny_spec())
+    steps: list[int] = []
+    original = tasks._JobMonitor.progress
+
+    def progress(self: Any, p: dict[str, Any]) -> None:
+        original(self, p)
+        if p["phase"] == "training":
+            steps.append(p["step"])
+            if len(steps) == 1:
+                store.request_cancel(job_id=job_id)
+
+    monkeypatch.setattr(tasks._JobMonitor, "progress", progress)
+    assert execute_job(job_id, worker="n1/1", settings=wsettings) == "cancelled"
+    job = store.get_job(job_id=job_id)
+    assert job is not None and job.status == "cancelled"
+    assert steps == [steps[0]]  # no further training step was reported
+    assert not (job_artifact_dir(wsettings, job_id) / "metrics.json").exists()
+
+
+def test_failure_records_reason_and_traceback(
+    wsettings: Settings, store: JobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = wsettings.data_roots[0] / "pics"
+    for split in ("train", "val"):
+        for c in ("a", "b"):
+            (root / split / c).mkdir(parents=True)
+            for i in range(6):
+                Image.new("RGB", (8, 8), (100 * (c == "a"), i, 0)).save(
+                    root / split / c / f"{i}.png"
+                )
+    spec = tiny_spec(
+        data={"source": "imagefolder", "path": str(root)},
+        model={"input_size": [3, 8, 8]},
+        training={"batch_size": 2},
+    )
+    job_id = _job(store, spec)
+    _on_progress(monkeypatch, lambda: shutil.rmtree(root), at_step=1)
+    with pytest.raises(FileNotFoundError):
+        execute_job(job_id, worker="n1/1", settings=wsettings)
+    job = store.get_job(job_id=job_id)
+    assert job is not None and job.status == "failed"
+    assert job.error is not None and job.error.startswith("FileNotFoundError: ")
+    assert job.traceback is not None and "Traceback (most recent call last)" in job.traceback
+
+
+def test_invalid_stored_spec_fails_with_the_field(wsettings: Settings, store: JobStore) -> None:
+    body = tiny_spec().model_dump(mode="json")
+    body["model"]["name"] = "resnet1000"
+    job_id = _job(store, body)
+    with pytest.raises(ValueError, match=r"^model\.name"):
+        execute_job(job_id, worker="n1/1", settings=wsettings)
+    job = store.get_job(job_id=job_id)
+    assert job is not None and job.status == "failed"
+    assert job.error is not None and job.error.startswith("ValueError: model.name: unknown timm")
+
+
+def test_delivery_attempt_limit(wsettings: Settings, store: JobStore) -> None:
+    job_id = _job(store, tiny_spec())
+    for _ in range(wsettings.max_delivery_attempts):  # three workers lost on node n1
+        store.start_attempt(job_id=job_id, worker="n1/1")
+    assert execute_job(job_id, worker="n1/2", settings=wsettings) == "failed"
+    job = store.get_job(job_id=job_id)
+    assert job is not None and job.status == "failed"
+    assert job.error is not None and job.error.startswith("delivery attempts: ")
+    assert job.attempts == wsettings.max_delivery_attempts + 1
+
+
+def test_duplicate_delivery_while_running_elsewhere(wsettings: Settings, store: JobStore) -> None:
+    job_id = _job(store, tiny_spec())
+    store.start_attempt(job_id=job_id, worker="other-node/7")
+    assert execute_job(job_id, worker="n1/1", settings=wsettings) == "duplicate"
+    job = store.get_job(job_id=job_id)
+    assert job is not None and job.attempts == 1 and job.worker == "other-node/7"
+
+
+def test_cancel_flag_on_redelivery(wsettings: Settings, store: JobStore) -> None:
+    job_id = _job(store, tiny_spec())
+    store.start_attempt(job_id=job_id, worker="n1/1")
+    store.request_cancel(job_id=job_id)
+    assert execute_job(job_id, worker="n1/2", settings=wsettings) == "cancelled"
+    assert execute_job("job_missing", worker="n1/2", settings=wsettings) == "missing"
+
+
+def test_reclaim_requeues_silent_running_jobs(
+    wsettings: Settings, store: JobStore, enqueued: list[tuple[str, str]]
+) -> None:
+    silent = _job(store, tiny_spec(resources={"queue": "gpu"}))
+    store.start_attempt(job_id=silent, worker="dead/1")
+    now = datetime.now(UTC)
+    assert reclaim.reclaim_lost_jobs(store=store, settings=wsettings, now=now) == []
+    later = now + timedelta(seconds=wsettings.heartbeat_timeout_s + 1)
+    assert reclaim.reclaim_lost_jobs(store=store, settings=wsettings, now=later) == [silent]
+    job = store.get_job(job_id=silent)
+    assert job is not None and job.status == "queued" and job.worker is None
+    assert enqueued == [(silent, "gpu")]
+    assert reclaim.reclaim_lost_jobs(store=store, settings=wsettings, now=later) == []
+
+
+def test_paths(wsettings: Settings) -> None:
+    assert (
+        job_checkpoint_path(wsettings, "job_x")
+        == Path(wsettings.checkpoint_dir) / "job_x" / "checkpoint.pt"
+    )
+    assert job_artifact_dir(wsettings, "job_x") == Path(wsettings.artifact_dir) / "job_x"
