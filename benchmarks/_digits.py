@@ -1,0 +1,303 @@
+"""Shared pieces of the accuracy benchmark: the digits split, two small models, one training run.
+
+The data are the 1,797 real 8x8 handwritten digits scikit-learn ships (no download), split once
+into 1,437 training and 360 validation images, stratified, with a fixed seed, whatever the
+training seed. Pixels (0..16) are scaled to zero mean and unit variance with the training
+split's statistics.
+
+Both models leave their first and last layer dense in every run (the usual practice in sparse
+training papers, and required here: a 4x4 block does not tile the 1-channel 3x3 stem (32 x 9)
+or the 10-class head (10 x 256)). Sparsity is the fraction of zero weights in the masked
+(hidden) layers; the whole-model figure is reported alongside.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from spartan_core import Sparsifier, SparsifierConfig
+from spartan_core.layers import maskable_targets
+from spartan_core.masking import MaskParametrization
+from spartan_core.methods import METHODS, Spartan, register_method
+
+SPLIT_SEED = 0
+VAL_SIZE = 360
+DENSE_LAYERS = {"cnn": ("stem", "head"), "mlp": ("head",)}
+
+
+@dataclass(frozen=True)
+class Digits:
+    """The fixed split: images (N, 1, 8, 8) float32, labels (N,) int64."""
+
+    x_train: Tensor
+    y_train: Tensor
+    x_val: Tensor
+    y_val: Tensor
+
+
+@functools.cache
+def load_digits_split() -> Digits:
+    """The 1,437 / 360 stratified split of scikit-learn's digits, standardised."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    data = load_digits()
+    x_tr, x_va, y_tr, y_va = train_test_split(
+        data.images,
+        data.target,
+        test_size=VAL_SIZE,
+        stratify=data.target,
+        random_state=SPLIT_SEED,
+    )
+    x_tr = torch.tensor(x_tr, dtype=torch.float32).unsqueeze(1)  # (1437, 1, 8, 8)
+    x_va = torch.tensor(x_va, dtype=torch.float32).unsqueeze(1)  # (360, 1, 8, 8)
+    mean, std = x_tr.mean(), x_tr.std()
+    return Digits(
+        (x_tr - mean) / std,
+        torch.tensor(y_tr, dtype=torch.int64),
+        (x_va - mean) / std,
+        torch.tensor(y_va, dtype=torch.int64),
+    )
+
+
+class SmallCNN(nn.Module):
+    """Three 3x3 convolutions and a linear head, 57,856 weights (the stem and head dense)."""
+
+    def __init__(self, width: int = 32) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(1, width, 3, padding=1)  # (B, 32, 8, 8)
+        self.conv2 = nn.Conv2d(width, 2 * width, 3, padding=1)  # (B, 64, 8, 8) -> pool 4x4
+        self.conv3 = nn.Conv2d(2 * width, 2 * width, 3, padding=1)  # (B, 64, 4, 4) -> pool 2x2
+        self.head = nn.Linear(2 * width * 4, 10)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.relu(self.stem(x))
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        x = F.max_pool2d(F.relu(self.conv3(x)), 2)
+        return self.head(x.flatten(1))
+
+
+class SmallMLP(nn.Module):
+    """64-256-256-10 with ReLU, 84,480 weights (the head dense)."""
+
+    def __init__(self, hidden: int = 256) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(64, hidden)
+        self.fc2 = nn.Linear(hidden, hidden)
+        self.head = nn.Linear(hidden, 10)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.relu(self.fc1(x.flatten(1)))
+        x = F.relu(self.fc2(x))
+        return self.head(x)
+
+
+MODELS = {"cnn": SmallCNN, "mlp": SmallMLP}
+
+
+class SpartanHardFreeze(Spartan):
+    """Ablation only: spartan whose frozen mask is the hard mask h, not m * h.
+
+    At fine-tune start the kept weights then jump from w * m to w (the soft mask's scaling of
+    the kept weights is dropped) instead of being baked in.
+    """
+
+    name = "spartan_hardfreeze"
+
+    def freeze(self, layer: MaskParametrization) -> None:
+        with torch.no_grad():
+            layer.soft.copy_(layer.hard)
+        layer.frozen = True
+
+
+if SpartanHardFreeze.name not in METHODS:
+    register_method(SpartanHardFreeze)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The training budget every method shares.
+
+    SGD with Nesterov momentum 0.9, weight decay 5e-4, batch 128, learning rate warmed up
+    linearly over the first epoch and then decayed with a cosine to zero.
+    """
+
+    epochs: int = 20
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run. ``sparsity`` is over the masked layers; None trains dense."""
+
+    model: str
+    method: str
+    sparsity: float | None
+    block: int
+    seed: int
+    budget: Budget = field(default_factory=Budget)
+    options: dict[str, Any] = field(default_factory=dict)  # extra SparsifierConfig fields
+    cost_table: dict[str, Any] | None = None  # a latency table to price the result with
+    cost_target: float | None = None  # train under cost_table to this kept cost fraction
+    label: str = ""
+
+
+def masked_names(model: nn.Module, model_name: str) -> list[str]:
+    """Module names of the layers the benchmark masks (all maskable but the dense ones)."""
+    dense = DENSE_LAYERS[model_name]
+    return [t.module_name for t in maskable_targets(model) if t.module_name not in dense]
+
+
+def whole_model_target(model: nn.Module, model_name: str, kept_fraction: float) -> float:
+    """The kept fraction of all maskable weights that keeps ``kept_fraction`` of the masked."""
+    masked = set(masked_names(model, model_name))
+    sizes = {t.module_name: t.numel for t in maskable_targets(model)}
+    n_masked = sum(n for name, n in sizes.items() if name in masked)
+    n_dense = sum(n for name, n in sizes.items() if name not in masked)
+    return (kept_fraction * n_masked + n_dense) / (n_masked + n_dense)
+
+
+def evaluate(model: nn.Module, x: Tensor, y: Tensor) -> float:
+    """Top-1 accuracy in [0, 1]."""
+    model.eval()
+    with torch.no_grad():
+        correct = (model(x).argmax(1) == y).sum().item()
+    model.train()
+    return correct / len(y)
+
+
+def run(spec: RunSpec, data: Digits | None = None) -> dict[str, Any]:
+    """Train one model with one method, finalize it, and measure it.
+
+    Returns:
+        the spec's fields plus ``accuracy`` (validation top-1), ``masked_sparsity`` and
+        ``model_sparsity`` (fraction of exactly-zero weights in the masked layers and in all
+        maskable layers of the finalized model), ``kept_scale`` (mean multiplier the frozen
+        mask applies to the kept weights: 1 for the hard methods, the mean soft mask value on
+        the survivors for spartan), ``cost_fraction`` (the kept fraction of the whole model's
+        maskable cost under ``cost_table``, when one is given) and ``seconds``.
+    """
+    data = data or load_digits_split()
+    b = spec.budget
+    torch.manual_seed(spec.seed)
+    model = MODELS[spec.model]()
+    steps_per_epoch = math.ceil(len(data.y_train) / b.batch_size)
+    total = b.epochs * steps_per_epoch
+    optimizer = torch.optim.SGD(
+        model.parameters(),
+        lr=b.lr,
+        momentum=b.momentum,
+        nesterov=True,
+        weight_decay=b.weight_decay,
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, steps_per_epoch, total)
+    )
+    include = tuple(masked_names(model, spec.model))
+    sparsifier = None
+    cost_model = None
+    if spec.cost_table is not None:
+        import cost_models
+
+        cost_model = cost_models.get("latency_table", table=spec.cost_table)
+    if spec.method != "dense":
+        if spec.cost_target is not None:
+            assert cost_model is not None
+            target = spec.cost_target
+            options = {"cost_model": cost_model}
+        else:
+            assert spec.sparsity is not None
+            target = whole_model_target(model, spec.model, 1.0 - spec.sparsity)
+            options = {}
+        config = SparsifierConfig(
+            method=spec.method,
+            target=target,
+            block_shape=(spec.block, spec.block),
+            include=include,
+            **options,
+            **spec.options,
+        )
+        sparsifier = Sparsifier(model, config, total_steps=total)
+
+    gen = torch.Generator().manual_seed(spec.seed)
+    start = time.perf_counter()
+    model.train()
+    for _ in range(b.epochs):
+        order = torch.randperm(len(data.y_train), generator=gen)
+        for i in range(0, len(order), b.batch_size):
+            idx = order[i : i + b.batch_size]
+            loss = F.cross_entropy(model(data.x_train[idx]), data.y_train[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            if sparsifier is not None:
+                sparsifier.step()
+    kept_scale = 1.0
+    if sparsifier is not None:
+        values = sparsifier.mask_values()
+        kept = torch.cat([v[v != 0].flatten() for v in values.values()])
+        kept_scale = float(kept.mean())
+        sparsifier.finalize()
+    seconds = time.perf_counter() - start
+
+    result = asdict(spec)
+    result.pop("budget")
+    result["epochs"] = b.epochs
+    result["accuracy"] = evaluate(model, data.x_val, data.y_val)
+    result["kept_scale"] = kept_scale
+    result.update(sparsity_of(model, include))
+    if cost_model is not None:
+        result["cost_fraction"] = achieved_cost_fraction(model, cost_model, spec.block, include)
+    result["seconds"] = seconds
+    return result
+
+
+def lr_factor(step: int, warmup: int, total: int) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine decay to 0 at ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+def sparsity_of(model: nn.Module, masked: tuple[str, ...]) -> dict[str, Any]:
+    """Exactly-zero weight fractions of the masked layers and of all maskable layers, and the
+    nonzero fraction of each layer (``layer_density``)."""
+    zeros = {True: 0, False: 0}
+    sizes = {True: 0, False: 0}
+    density = {}
+    for t in maskable_targets(model):
+        weight = getattr(model.get_submodule(t.module_name), t.param_name)
+        key = t.module_name in masked
+        n_zero = int((weight == 0).sum())
+        zeros[key] += n_zero
+        sizes[key] += weight.numel()
+        density[t.module_name] = 1.0 - n_zero / weight.numel()
+    return {
+        "masked_sparsity": zeros[True] / sizes[True],
+        "model_sparsity": (zeros[True] + zeros[False]) / (sizes[True] + sizes[False]),
+        "layer_density": density,
+    }
+
+
+def achieved_cost_fraction(
+    model: nn.Module, cost_model: Any, block: int, masked: tuple[str, ...]
+) -> float:
+    """Kept fraction of the whole model's maskable cost under ``cost_model``."""
+    import cost_models
+
+    report = cost_models.cost_report(
+        model, cost_model, block_shape=(block, block), include=masked, latency_repeats=0
+    )
+    return report.totals.cost_fraction

@@ -1,0 +1,536 @@
+"""Accuracy evidence: dense, magnitude, Top-KAST and Spartan on the real digits images.
+
+    .venv/bin/python benchmarks/accuracy.py              # 3 seeds: docs/accuracy.{md,png,json}
+    .venv/bin/python benchmarks/accuracy.py --quick      # 1 seed, a few minutes
+    .venv/bin/python benchmarks/accuracy.py --ablation   # docs/accuracy_ablation.md
+
+Every run shares one training budget (``_digits.Budget``). The grid: a small CNN and a small
+MLP, at 90%, 95% and 98% sparsity of the masked layers, unstructured and with 4x4 blocks, for
+each method, plus the dense model. The cost-aware demonstration trains the CNN with 4x4
+blocks under a latency table in which ``conv3`` costs 10x more per block than every other
+layer, and compares spartan under that cost budget with spartan under a parameter budget.
+Runs go to a pool of worker processes, one thread each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import multiprocessing
+import os
+import platform
+import statistics
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _digits import Budget, RunSpec, run
+
+log = logging.getLogger("accuracy")
+
+ROOT = Path(__file__).resolve().parent.parent
+METHODS = ("magnitude", "topkast", "spartan")
+SPARSITIES = (0.9, 0.95, 0.98)
+BLOCKS = (1, 4)
+MODELS = ("cnn", "mlp")
+EXPENSIVE_LAYERS = ("conv2", "conv3")  # one table each: that layer costs 10x per block
+COST_KINDS = ("params budget", "cost budget", "cost budget, matched")
+COST_SPARSITY = 0.95
+ABLATION_SPARSITY = 0.98
+# name -> (method, extra SparsifierConfig fields), what each ablation row changes
+ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
+    "magnitude": ("magnitude", {}),
+    "topkast": ("topkast", {}),
+    "spartan (defaults)": ("spartan", {}),
+    "spartan, raw beta (value_scale=none, published)": ("spartan", {"value_scale": "none"}),
+    "spartan, beta_max=1": ("spartan", {"beta_max": 1.0}),
+    "spartan, beta_max=3": ("spartan", {"beta_max": 3.0}),
+    "spartan, beta_max=30": ("spartan", {"beta_max": 30.0}),
+    "spartan, beta_max=100": ("spartan", {"beta_max": 100.0}),
+    "spartan, warm-up 0.5": ("spartan", {"warmup_frac": 0.5}),
+    "spartan, fine-tune 0.0": ("spartan", {"finetune_frac": 0.0}),
+    "spartan, frozen mask h (no soft scaling)": ("spartan_hardfreeze", {}),
+    "topkast, warm-up 0.5": ("topkast", {"warmup_frac": 0.5}),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="one seed instead of three")
+    parser.add_argument("--ablation", action="store_true", help="run the ablation instead")
+    parser.add_argument("--seeds", type=int, default=None, help="number of seeds (default 3)")
+    parser.add_argument("--epochs", type=int, default=Budget().epochs)
+    parser.add_argument("--workers", type=int, default=2, help="processes (one thread each)")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs", help="output folder")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    if args.workers < 1:
+        parser.error("--workers: expected at least 1")
+    seeds = list(range(args.seeds if args.seeds is not None else (1 if args.quick else 3)))
+    if not seeds:
+        parser.error("--seeds: expected at least 1")
+    budget = Budget(epochs=args.epochs)
+    command = "python benchmarks/accuracy.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    load_before = os.getloadavg()[0]
+    start = time.perf_counter()
+
+    if args.ablation:
+        results = run_all(ablation_specs(seeds, budget), args.workers)
+        elapsed = time.perf_counter() - start
+        text = ablation_markdown(results, seeds, budget, command, elapsed, load_before)
+        (args.out / "accuracy_ablation.md").write_text(text)
+        (args.out / "accuracy_ablation.json").write_text(json.dumps(results, indent=1))
+        log.info("wrote %s in %.0f s", args.out / "accuracy_ablation.md", elapsed)
+        return
+
+    results = run_all(grid_specs(seeds, budget) + cost_specs(seeds, budget), args.workers)
+    # The cost-matched run needs the latency the parameter-budget runs reached.
+    matched = []
+    for layer in EXPENSIVE_LAYERS:
+        label = f"{layer} | params budget"
+        cost = statistics.fmean(r["cost_fraction"] for r in results if r["label"] == label)
+        matched += matched_cost_specs(seeds, budget, layer, cost)
+    results += run_all(matched, args.workers)
+    elapsed = time.perf_counter() - start
+    (args.out / "accuracy.json").write_text(json.dumps(results, indent=1))
+    plot(results, args.out / "accuracy.png")
+    text = grid_markdown(results, seeds, budget, command, elapsed, load_before)
+    (args.out / "accuracy.md").write_text(text)
+    log.info("wrote %s and accuracy.png in %.0f s", args.out / "accuracy.md", elapsed)
+
+
+# ------------------------------------------------------------------ the runs
+
+
+def grid_specs(seeds: Iterable[int], budget: Budget) -> list[RunSpec]:
+    """Dense once per model and seed, and every (method, sparsity, structure)."""
+    specs = []
+    for model in MODELS:
+        for seed in seeds:
+            specs.append(RunSpec(model, "dense", None, 1, seed, budget))
+            for block in BLOCKS:
+                for sparsity in SPARSITIES:
+                    for method in METHODS:
+                        specs.append(RunSpec(model, method, sparsity, block, seed, budget))
+    return specs
+
+
+def latency_table(expensive: str) -> dict[str, Any]:
+    """A latency table in which every block of ``expensive`` costs 10x any other block."""
+    return {
+        "unit": "ms",
+        "default": {"per_weight": 1.0},
+        "layers": {expensive: {"per_weight": 10.0}},
+    }
+
+
+def cost_specs(seeds: Iterable[int], budget: Budget) -> list[RunSpec]:
+    """The CNN with 4x4 blocks: spartan under a parameter budget and under a latency table.
+
+    Both keep the same nominal fraction 1 - COST_SPARSITY: of the masked layers' weights for
+    the parameter budget, of the masked layers' table cost for the cost budget.
+    """
+    specs = []
+    for layer in EXPENSIVE_LAYERS:
+        table = latency_table(layer)
+        target = _cost_target(table, 1.0 - COST_SPARSITY)
+        for seed in seeds:
+            base = RunSpec("cnn", "spartan", COST_SPARSITY, 4, seed, budget, cost_table=table)
+            specs.append(replace(base, label=f"{layer} | params budget"))
+            specs.append(replace(base, cost_target=target, label=f"{layer} | cost budget"))
+    return specs
+
+
+def matched_cost_specs(
+    seeds: Iterable[int], budget: Budget, layer: str, cost: float
+) -> list[RunSpec]:
+    """Spartan under the latency table, at the cost the parameter-budget runs reached."""
+    return [
+        RunSpec(
+            "cnn",
+            "spartan",
+            COST_SPARSITY,
+            4,
+            seed,
+            budget,
+            cost_table=latency_table(layer),
+            cost_target=cost,
+            label=f"{layer} | cost budget, matched",
+        )
+        for seed in seeds
+    ]
+
+
+def _cost_target(table: dict[str, Any], masked_fraction: float) -> float:
+    """The whole-model cost fraction giving the masked layers ``masked_fraction`` of their cost.
+
+    Mirrors ``_digits.whole_model_target`` under a latency table: stem and head stay dense.
+    """
+    from _digits import MODELS as NETS
+    from _digits import masked_names
+
+    import cost_models
+    from spartan_core.layers import maskable_targets
+
+    model = NETS["cnn"]()
+    targets = maskable_targets(model)
+    costs = cost_models.get("latency_table", table=table).layer_costs(model, targets, (1, 1))
+    masked = set(masked_names(model, "cnn"))
+    total = sum(costs[t.name].per_entry * t.numel for t in targets)
+    masked_cost = sum(costs[t.name].per_entry * t.numel for t in targets if t.module_name in masked)
+    return (masked_fraction * masked_cost + total - masked_cost) / total
+
+
+def ablation_specs(seeds: Iterable[int], budget: Budget) -> list[RunSpec]:
+    """Every ablation row at ABLATION_SPARSITY, both models and structures."""
+    specs = []
+    for model in MODELS:
+        for block in BLOCKS:
+            for seed in seeds:
+                for label, (method, options) in ABLATIONS.items():
+                    specs.append(
+                        RunSpec(
+                            model,
+                            method,
+                            ABLATION_SPARSITY,
+                            block,
+                            seed,
+                            budget,
+                            options=options,
+                            label=label,
+                        )
+                    )
+    return specs
+
+
+def _init_worker() -> None:
+    torch.set_num_threads(1)
+
+
+def run_all(specs: list[RunSpec], workers: int) -> list[dict[str, Any]]:
+    """Run the specs (CNN first, the longer ones) on ``workers`` processes."""
+    order = sorted(specs, key=lambda s: s.model != "cnn")
+    results = []
+    if workers == 1:
+        _init_worker()
+        outputs: Iterable[dict[str, Any]] = map(run, order)
+        pool = None
+    else:
+        pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_init_worker)
+        outputs = pool.imap_unordered(run, order)
+    try:
+        for i, result in enumerate(outputs, 1):
+            results.append(result)
+            log.info(
+                "%3d/%d %s %s %s %s seed %d: %.4f (%.1f s)",
+                i,
+                len(order),
+                result["model"],
+                result["method"],
+                result["sparsity"],
+                f"{result['block']}x{result['block']}",
+                result["seed"],
+                result["accuracy"],
+                result["seconds"],
+            )
+    finally:
+        if pool is not None:
+            pool.close()
+            pool.join()
+    return results
+
+
+# ------------------------------------------------------------------ reporting
+
+
+def _stats(values: list[float]) -> tuple[float, float]:
+    mean = statistics.fmean(values)
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return mean, std
+
+
+def _cell(values: list[float], bold: bool = False) -> str:
+    mean, std = _stats(values)
+    text = f"{100 * mean:.2f} ± {100 * std:.2f}"
+    return f"**{text}**" if bold else text
+
+
+def verdict(spartan: list[float], best: list[float]) -> str:
+    """``wins`` / ``loses`` when the means differ by more than the larger standard deviation
+    (and by at least one validation image, 1/360), else ``ties``."""
+    (m_s, s_s), (m_b, s_b) = _stats(spartan), _stats(best)
+    margin = max(s_s, s_b, 1.0 / 360.0)
+    if m_s - m_b > margin:
+        return "wins"
+    if m_b - m_s > margin:
+        return "loses"
+    return "ties"
+
+
+def _accuracies(results: list[dict[str, Any]]) -> dict[tuple, list[float]]:
+    cells: dict[tuple, list[float]] = defaultdict(list)
+    for r in results:
+        if r["label"]:
+            continue
+        key = (r["model"], r["block"], r["sparsity"], r["method"])
+        if r["method"] == "dense":
+            key = (r["model"], None, None, "dense")
+        cells[key].append(r["accuracy"])
+    return cells
+
+
+def _machine(load_before: float) -> str:
+    return (
+        f"{platform.machine()} {platform.processor() or ''} with {os.cpu_count()} logical CPUs, "
+        f"Linux {platform.release()}, Python {platform.python_version()}, torch "
+        f"{torch.__version__}; load average {load_before:.1f} when the run started (the machine "
+        "was shared with other jobs, so times are upper bounds)"
+    )
+
+
+def grid_markdown(
+    results: list[dict[str, Any]],
+    seeds: list[int],
+    budget: Budget,
+    command: str,
+    elapsed: float,
+    load_before: float,
+) -> str:
+    """docs/accuracy.md: the grid table, the verdicts and the cost-aware demonstration."""
+    cells = _accuracies(results)
+    lines = [
+        "# Accuracy: Spartan against its baselines on real data",
+        "",
+        "Generated by `benchmarks/accuracy.py`; do not edit by hand.",
+        "",
+        f"- command: `{command.strip()}`",
+        f"- wall time: {elapsed / 60:.1f} min for {len(results)} training runs",
+        f"- machine: {_machine(load_before)}",
+        f"- seeds: {len(seeds)} ({', '.join(map(str, seeds))}); validation top-1 in %, mean ± "
+        "standard deviation over seeds",
+        "",
+        "Data: the 1,797 real 8x8 handwritten digits scikit-learn ships, one fixed stratified "
+        "split of 1,437 training and 360 validation images. Models: `cnn` (three 3x3 "
+        "convolutions 1-32-64-64 with two max-pools and a linear head, 57,856 weights) and "
+        "`mlp` (64-256-256-10, 84,480 weights). The stem convolution and the classifier head "
+        "stay dense in every run (a 4x4 block tiles neither); **sparsity is the fraction of "
+        "exactly-zero weights in the masked layers** after `finalize()` (whole-model figures "
+        "below). Budget shared by every method: "
+        f"{budget.epochs} epochs of batch {budget.batch_size}, SGD with Nesterov momentum "
+        f"{budget.momentum}, learning rate {budget.lr} (one warm-up epoch, cosine to 0), weight "
+        f"decay {budget.weight_decay}. The sparse methods use the library defaults: cost "
+        "fraction annealed (cosine) over the first 20% of the steps, mask frozen for the last "
+        "20%, global distribution; spartan anneals beta from 1 to 10 (x sqrt(16) = 40 for 4x4 "
+        'blocks) with mean-scaled unit values (`value_scale="mean"`).',
+        "",
+        "| model | structure | sparsity | dense | magnitude | topkast | spartan | spartan vs "
+        "best baseline |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    tally: dict[str, list[str]] = defaultdict(list)
+    for model in MODELS:
+        dense = cells[(model, None, None, "dense")]
+        for block in BLOCKS:
+            for sparsity in SPARSITIES:
+                accs = {m: cells[(model, block, sparsity, m)] for m in METHODS}
+                best_mean = max(statistics.fmean(a) for a in accs.values())
+                row = [
+                    model,
+                    "unstructured" if block == 1 else f"{block}x{block} blocks",
+                    f"{100 * sparsity:.0f}%",
+                    _cell(dense),
+                ]
+                row += [_cell(accs[m], statistics.fmean(accs[m]) == best_mean) for m in METHODS]
+                baseline = max(("magnitude", "topkast"), key=lambda m: statistics.fmean(accs[m]))
+                v = verdict(accs["spartan"], accs[baseline])
+                diff = 100 * (statistics.fmean(accs["spartan"]) - statistics.fmean(accs[baseline]))
+                row.append(f"{v} ({diff:+.2f} vs {baseline})")
+                tally[v].append(f"{model} {row[1]} {row[2]}")
+                lines.append("| " + " | ".join(row) + " |")
+    lines += [
+        "",
+        "Verdict rule: spartan *wins* / *loses* against the better of magnitude and topkast "
+        "when the means differ by more than the larger of the two standard deviations (and by "
+        "more than one validation image, 0.28 points); otherwise it *ties*.",
+        "",
+        f"- wins ({len(tally['wins'])}): {', '.join(tally['wins']) or 'none'}",
+        f"- ties ({len(tally['ties'])}): {', '.join(tally['ties']) or 'none'}",
+        f"- loses ({len(tally['loses'])}): {', '.join(tally['loses']) or 'none'}",
+        "",
+        "![validation accuracy against sparsity](accuracy.png)",
+        "",
+        "Whole-model sparsity (all weights of the maskable layers, the dense stem and head "
+        "included) at 90 / 95 / 98% masked sparsity: "
+        + "; ".join(
+            f"{model} " + " / ".join(f"{100 * _whole(results, model, s):.1f}%" for s in SPARSITIES)
+            for model in MODELS
+        )
+        + ". Every sparse run reached its masked sparsity exactly: "
+        + _exactness(results)
+        + ".",
+        "",
+    ]
+    lines += cost_markdown(results)
+    return "\n".join(lines) + "\n"
+
+
+def _whole(results: list[dict[str, Any]], model: str, sparsity: float) -> float:
+    values = [
+        r["model_sparsity"]
+        for r in results
+        if r["model"] == model and r["sparsity"] == sparsity and not r["label"]
+    ]
+    return statistics.fmean(values)
+
+
+def _exactness(results: list[dict[str, Any]]) -> str:
+    deviations = [
+        abs(r["masked_sparsity"] - r["sparsity"])
+        for r in results
+        if r["method"] != "dense" and r["cost_target"] is None
+    ]
+    return f"largest deviation from the requested sparsity {100 * max(deviations):.3f} points"
+
+
+def cost_markdown(results: list[dict[str, Any]]) -> list[str]:
+    """The cost-aware demonstration section."""
+    rows = defaultdict(list)
+    for r in results:
+        if r["label"]:
+            rows[r["label"]].append(r)
+    keep = f"{100 * (1 - COST_SPARSITY):.0f}%"
+    lines = [
+        "## Cost-aware training: a latency table with one expensive layer",
+        "",
+        "The CNN with 4x4 blocks, priced by a `latency_table` cost model in which every block "
+        "of one layer costs 10x more than a block of any other layer, e.g. "
+        f"`{json.dumps(latency_table('conv2'))}` (`per_weight` times the 16 weights of a "
+        "block). Two tables: `conv2` expensive (the 8x8-resolution layer, which really does "
+        "4x more multiply-accumulates per weight than `conv3`) and `conv3` expensive (the "
+        f"largest layer). *params budget*: spartan keeping {keep} of the masked layers' "
+        "weights (the default params cost model). *cost budget*: spartan with "
+        f"`cost_model=latency_table` keeping {keep} of the masked layers' table cost. "
+        "*cost budget, matched*: spartan under the latency table at exactly the whole-model "
+        "cost the params-budget runs reached (mean over seeds). Cost fraction: kept fraction "
+        "of the whole model's table cost (stem and head at full cost), from "
+        "`cost_models.cost_report`; weights kept: fraction of the maskable weights left "
+        "nonzero.",
+        "",
+        "| expensive layer | run | validation top-1 (%) | achieved cost fraction | "
+        "weights kept (%) | conv2 kept (%) | conv3 kept (%) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for layer in EXPENSIVE_LAYERS:
+        for kind in COST_KINDS:
+            group = rows.get(f"{layer} | {kind}", [])
+            if not group:
+                continue
+            cost_mean, cost_std = _stats([r["cost_fraction"] for r in group])
+            kept = statistics.fmean(1 - r["model_sparsity"] for r in group)
+            dens = {
+                name: statistics.fmean(r["layer_density"][name] for r in group)
+                for name in ("conv2", "conv3")
+            }
+            lines.append(
+                f"| {layer} | {kind} | {_cell([r['accuracy'] for r in group])} | "
+                f"{cost_mean:.4f} ± {cost_std:.4f} | {100 * kept:.2f} | "
+                f"{100 * dens['conv2']:.2f} | {100 * dens['conv3']:.2f} |"
+            )
+    lines.append("")
+    return lines
+
+
+def ablation_markdown(
+    results: list[dict[str, Any]],
+    seeds: list[int],
+    budget: Budget,
+    command: str,
+    elapsed: float,
+    load_before: float,
+) -> str:
+    """docs/accuracy_ablation.md: each ablation row for each model and structure."""
+    cells: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for r in results:
+        cells[(r["label"], r["model"], r["block"])].append(r)
+    columns = [(m, b) for m in MODELS for b in BLOCKS]
+    header = " | ".join(f"{m} {'unstructured' if b == 1 else f'{b}x{b}'}" for m, b in columns)
+    lines = [
+        "# Accuracy ablation: what Spartan's accuracy depends on",
+        "",
+        "Generated by `benchmarks/accuracy.py --ablation`; do not edit by hand.",
+        "",
+        f"- command: `{command.strip()}`",
+        f"- wall time: {elapsed / 60:.1f} min for {len(results)} training runs",
+        f"- machine: {_machine(load_before)}",
+        f"- {len(seeds)} seeds; validation top-1 in %, mean ± standard deviation; "
+        f"{100 * ABLATION_SPARSITY:.0f}% sparsity of the masked layers; the training budget "
+        f"of docs/accuracy.md ({budget.epochs} epochs). Each row changes one thing from the "
+        "library defaults (beta 1 -> 10, x sqrt(16) for 4x4 blocks, value_scale mean, "
+        "warm-up 0.2, fine-tune 0.2, frozen mask m * h). The last column of each cell pair is "
+        "the mean multiplier the frozen mask applies to the kept weights.",
+        "",
+        f"| variant | {header} | kept-weight scale (cnn 1x1) |",
+        "|---|" + "---|" * len(columns) + "---|",
+    ]
+    for label in ABLATIONS:
+        row = [label]
+        for m, b in columns:
+            group = cells.get((label, m, b), [])
+            row.append(_cell([r["accuracy"] for r in group]) if group else "-")
+        scale = cells.get((label, "cnn", 1), [])
+        row.append(f"{statistics.fmean(r['kept_scale'] for r in scale):.3f}" if scale else "-")
+        lines.append("| " + " | ".join(row) + " |")
+    lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: list[dict[str, Any]], path: Path) -> None:
+    """Validation accuracy against sparsity, one line per method, a panel per model/structure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cells = _accuracies(results)
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.8), sharey=True)
+    styles = {"magnitude": "s-", "topkast": "^-", "spartan": "o-"}
+    panels = [(m, b) for m in MODELS for b in BLOCKS]
+    for ax, (model, block) in zip(axes, panels, strict=True):
+        x = [100 * s for s in SPARSITIES]
+        dense_mean, _ = _stats(cells[(model, None, None, "dense")])
+        ax.axhline(100 * dense_mean, color="gray", linestyle="--", label="dense")
+        for method in METHODS:
+            stats = [_stats(cells[(model, block, s, method)]) for s in SPARSITIES]
+            ax.errorbar(
+                x,
+                [100 * m for m, _ in stats],
+                yerr=[100 * s for _, s in stats],
+                fmt=styles[method],
+                capsize=3,
+                label=method,
+            )
+        structure = "unstructured" if block == 1 else f"{block}x{block} blocks"
+        ax.set_title(f"{model}, {structure}")
+        ax.set_xlabel("sparsity of the masked layers (%)")
+        ax.set_xticks(x)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("validation top-1 (%)")
+    axes[0].legend(loc="lower left")
+    fig.suptitle("digits (1,437 train / 360 validation), same training budget for every method")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
