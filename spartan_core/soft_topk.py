@@ -11,32 +11,36 @@ always holds and the kept cost is at least k (it overshoots by less than the cos
 tied at the threshold, usually one entry). A relative slack of 1e-10 on k absorbs rounding, so
 ``k = 0.05 * 1000`` keeps 50 unit-cost entries, not 51.
 
-Solvers (both linear in n, no sort):
+Solvers (both linear in n, no full sort):
 
-- ``hard_threshold``: a radix select on the IEEE bit patterns of the unit values (non-negative
-  floats order like their bit patterns read as integers). Each pass counts (or cost-weights)
-  the entries into 2**16 bit-pattern bins with ``bincount`` and narrows to the bin where the
-  cumulative cost from the top first reaches k; at bin width one pattern the threshold is
-  exact. Cold: a min/max pass plus two passes for float32 (four for float64). Warm (``init`` =
-  the previous threshold): one pass over a window of 2**16 patterns around ``init`` (about
-  +-0.4% in float32), falling back to cold when the threshold left the window.
-- ``solve_dual``: safeguarded Newton on lam (g'(lam) = -beta * sum_i c_i m_i (1 - m_i)) inside
-  the exact bracket [min u - logit(f) / beta, max u - logit(f) / beta], f = k / sum c, with
-  bisection whenever a Newton step leaves the bracket. One pass per iteration computes m and
-  the two reductions it needs; reductions accumulate in float64 (float32 partial sums over
-  chunks of 4096 entries, then float64). Warm-started from the previous step's lam it
-  typically needs 2-3 passes; cold it starts from the hard threshold.
+- ``hard_threshold`` is an exact selection. One pass classifies every entry against a window
+  of unit values using integer operations on the IEEE bit patterns (non-negative floats order
+  like their bit patterns), counts the cost above and inside the window, and extracts only the
+  entries inside it; those few are sorted to place the threshold exactly. The window comes
+  from the previous threshold when warm-started (about +-0.1% around it) and otherwise from a
+  strided sample of about 16 sqrt(n) entries. If the threshold is outside the window the
+  window moves (a sample-based window when the warm one missed, else a wider one); if the
+  window holds too many entries the selection recurses into them. Typically one pass warm and
+  one pass plus a sample sort cold.
+- ``solve_dual`` runs safeguarded Newton on lam (g'(lam) = -beta * sum_i c_i m_i (1 - m_i))
+  inside the exact bracket [min u - logit(f) / beta, max u - logit(f) / beta], f = k / sum c,
+  with bisection whenever a Newton step leaves it. Each pass computes T = tanh(beta (u - lam) / 2)
+  (then m = (1 + T) / 2 and m (1 - m) = (1 - T^2) / 4) and two reductions, accurate ones in
+  float64 (float32 partial sums over chunks of 4096 entries). A final Newton step is accepted
+  without a verification pass when a Taylor bound already guarantees the tolerance.
+  Warm-started from the previous step's lam: typically 1-2 passes; cold: from a dual solved on
+  the sample, typically 3-4.
 
 Segments: the Sparsifier keeps one budget over many layers. Functions taking ``segments``
 accept a list of ``(unit_values, cost)`` pairs, one per layer, where ``cost`` is a python float
 shared by the whole segment or a tensor of per-entry costs; segments are never concatenated.
 
-Numerics: ``sigmoid`` saturates to exactly 0 or 1, so beta up to 1e4 and values over 1e-8..1e3
-give no inf or NaN. For ``budget == sum of costs`` every entry is kept, ``dual`` is ``-inf`` and
-the mask is all ones (its gradient is zero). In float32 lam is rounded to float32 before each
-evaluation so that the returned dual reproduces the returned mask exactly; when beta * u is so
-large that adjacent float32 values of lam straddle the root the solver stops at the closest
-one and reports the iterations used. float16 and bfloat16 inputs are computed in float32.
+Numerics: tanh saturates to exactly +-1, so beta up to 1e4 and values over 1e-8..1e3 give no inf
+or NaN. For ``budget == sum of costs`` every entry is kept, ``dual`` is ``-inf`` and the mask is
+all ones (its gradient is zero). Costs with float32 per-entry tensors are accumulated with
+float32 partial sums (about 1e-7 relative), so the float32 hard threshold can differ from an
+exact float64 computation when the budget falls that close to a cumulative-cost step; unit and
+per-segment costs are counted exactly. float16 and bfloat16 inputs are computed in float32.
 """
 
 from __future__ import annotations
@@ -56,14 +60,18 @@ logger = logging.getLogger(__name__)
 Segments = Sequence[tuple[Tensor, float | Tensor]]
 
 _CHUNK = 4096  # entries per float32 partial sum before accumulating in float64
-_MAX_BIN_BITS = 16  # log2 of the number of radix-select bins per pass on large inputs
-_MIN_BIN_BITS = 6
 _REACH_SLACK = 1e-10  # relative slack on the budget when deciding that it is reached
 _FULL_BUDGET = 1e-12  # budget within this relative distance of sum(c) keeps everything
 _DEFAULT_TOL = {torch.float64: 1e-10, torch.float32: 1e-6}
 _INT_VIEW = {torch.float32: torch.int32, torch.float64: torch.int64}
-_ABS_MASK = {torch.float32: 0x7FFFFFFF, torch.float64: 0x7FFFFFFFFFFFFFFF}
+_INF_BITS = {torch.float32: 0x7F800000, torch.float64: 0x7FF0000000000000}
 _STRUCT = {torch.float32: ("<f", "<i"), torch.float64: ("<d", "<q")}
+# warm window: 2**p bit patterns around the previous threshold, about +-0.1% of it
+_WARM_BITS = {torch.float32: 14, torch.float64: 43}
+_MIN_SAMPLE, _MAX_SAMPLE = 2048, 65536
+_SORT_MIN = 2048  # a window of at most max(_SORT_MIN, n / 256) entries is sorted directly
+# derivative rounding allowance per entry for the skip-verification bound
+_D_SLACK = {torch.float64: 1e-13, torch.float32: 1e-6}
 
 
 @dataclass(frozen=True)
@@ -89,35 +97,42 @@ class SoftTopKResult:
 class _Segment:
     """One validated segment: unit values, its cost (scalar or per entry) and summaries."""
 
-    u: Tensor  # (n_j,) float32 or float64, contiguous
+    u: Tensor  # (n_j,) float32 or float64, contiguous, no -0.0
     scalar_cost: float | None
     cost: Tensor | None  # (n_j,) same dtype as u, or None for a scalar cost
     total_cost: float
     u_min: float
     u_max: float
 
+    @property
+    def n(self) -> int:
+        return self.u.numel()
+
+    @property
+    def bits(self) -> Tensor:
+        return self.u.view(_INT_VIEW[self.u.dtype])
+
 
 # --- reductions ----------------------------------------------------------------------------
 
 
 def _sum64(x: Tensor) -> Tensor:
-    """Sum of a 1-D tensor as a 0-d float64 tensor (float32 chunks, float64 across chunks)."""
+    """Accurate sum of a 1-D tensor as a 0-d float64 tensor (float32 chunks, then float64)."""
     if x.dtype == torch.float64:
         return x.sum()
     n = x.numel()
     body = n - n % _CHUNK
-    total = (
-        x[:body].view(-1, _CHUNK).sum(1).double().sum()
-        if body
-        else x.new_zeros((), dtype=torch.float64)
-    )
+    if body:
+        total = x[:body].view(-1, _CHUNK).sum(1).double().sum()
+    else:
+        total = x.new_zeros((), dtype=torch.float64)
     if body < n:
         total = total + x[body:].double().sum()
     return total
 
 
 def _dot64(a: Tensor, b: Tensor) -> Tensor:
-    """Dot product of two 1-D tensors as a 0-d float64 tensor (float32 chunks)."""
+    """Accurate dot product of two 1-D tensors as a 0-d float64 tensor."""
     if a.dtype == torch.float64:
         return torch.dot(a, b)
     n = a.numel()
@@ -132,20 +147,35 @@ def _dot64(a: Tensor, b: Tensor) -> Tensor:
     return total
 
 
+def _dot_fast(a: Tensor, b: Tensor) -> Tensor:
+    """Dot product in the input precision (about 1e-5 relative in float32), as float64."""
+    return torch.dot(a, b).double()
+
+
+_PRODUCT_CHUNK = 1 << 18  # entries per in-cache product chunk
+
+
+def _weighted_square_sum(c: Tensor, t: Tensor) -> Tensor:
+    """sum_i c_i t_i^2 in the input precision, as a 0-d float64 tensor, without a full-size
+    temporary: products are formed chunk by chunk in a cache-sized buffer."""
+    n = t.numel()
+    buf = torch.empty(min(n, _PRODUCT_CHUNK), dtype=t.dtype, device=t.device)
+    parts = []
+    for start in range(0, n, _PRODUCT_CHUNK):
+        stop = min(n, start + _PRODUCT_CHUNK)
+        part = buf[: stop - start]
+        torch.mul(c[start:stop], t[start:stop], out=part)
+        parts.append(torch.dot(part, t[start:stop]))
+    return torch.stack(parts).double().sum()
+
+
 # --- float helpers ---------------------------------------------------------------------------
-
-
-def _round_to(x: float, dtype: torch.dtype) -> float:
-    """``x`` rounded to the nearest value representable in ``dtype``."""
-    if dtype == torch.float64 or not math.isfinite(x):
-        return x
-    return torch.tensor(x, dtype=dtype).item()
 
 
 def _to_bits(x: float, dtype: torch.dtype) -> int:
     """Bit pattern of a non-negative float as a signed integer (``-0.0`` maps to 0)."""
     fmt_f, fmt_i = _STRUCT[dtype]
-    return struct.unpack(fmt_i, struct.pack(fmt_f, abs(x)))[0] & _ABS_MASK[dtype]
+    return max(0, struct.unpack(fmt_i, struct.pack(fmt_f, x))[0])
 
 
 def _from_bits(bits: int, dtype: torch.dtype) -> float:
@@ -157,9 +187,9 @@ def _from_bits(bits: int, dtype: torch.dtype) -> float:
 # --- validation ------------------------------------------------------------------------------
 
 
-def _check_positive(name: str, x: float) -> float:
+def _check_positive(name: str, x: object) -> float:
     try:
-        value = float(x)
+        value = float(x)  # type: ignore[arg-type]
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{name}: expected a positive number, got {x!r}") from exc
     if not (math.isfinite(value) and value > 0):
@@ -167,7 +197,7 @@ def _check_positive(name: str, x: float) -> float:
     return value
 
 
-def _compute_dtype(name: str, t: Tensor) -> torch.dtype:
+def _compute_dtype(name: str, t: object) -> torch.dtype:
     if not isinstance(t, Tensor):
         raise ValueError(f"{name}: expected a tensor, got {type(t).__name__}")
     if t.dim() != 1:
@@ -177,39 +207,48 @@ def _compute_dtype(name: str, t: Tensor) -> torch.dtype:
     return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
+def _unit_values(u: Tensor, dtype: torch.dtype, name: str) -> tuple[Tensor, float, float]:
+    """Check unit values (finite, non-negative) in one min/max pass over their bit patterns."""
+    u = u.detach().to(dtype).contiguous()
+    if u.numel() == 0:
+        raise ValueError(f"{name}: empty tensor")
+    lo_bits, hi_bits = (int(x) for x in torch.aminmax(u.view(_INT_VIEW[dtype])))
+    if hi_bits >= _INF_BITS[dtype]:
+        kind = "NaN" if bool(torch.isnan(u).any()) else "inf"
+        raise ValueError(f"{name}: contains {kind}")
+    if lo_bits < 0:  # a sign bit: negative values, -0.0 or a negative NaN
+        if bool(torch.isnan(u).any()):
+            raise ValueError(f"{name}: contains NaN")
+        smallest = float(u.min())
+        if smallest < 0:
+            raise ValueError(f"{name}: values must be non-negative, got minimum {smallest!r}")
+        u = u.abs()  # only -0.0 entries: make every bit pattern non-negative
+        lo_bits = 0
+    return u, _from_bits(lo_bits, dtype), _from_bits(hi_bits, dtype)
+
+
+def _check_costs(
+    cost: Tensor, n: int, dtype: torch.dtype, device: torch.device, name: str
+) -> Tensor:
+    if cost.dim() != 1 or cost.numel() != n:
+        raise ValueError(f"{name}: shape {tuple(cost.shape)} does not match values shape ({n},)")
+    c = cost.detach().to(device=device, dtype=dtype).contiguous()
+    c_lo, c_hi = (float(x) for x in torch.aminmax(c))
+    if not (c_lo > 0 and math.isfinite(c_hi)):  # NaN fails both comparisons
+        raise ValueError(f"{name}: costs must be positive and finite, got range [{c_lo}, {c_hi}]")
+    return c
+
+
 def _make_segment(
     u: Tensor, cost: float | Tensor, dtype: torch.dtype, name: str, cost_name: str
 ) -> _Segment:
     """Validate one segment's unit values and cost and summarise it."""
-    u = u.detach().to(dtype).contiguous()
-    if u.numel() == 0:
-        raise ValueError(f"{name}: empty tensor")
-    lo, hi = (float(x) for x in torch.aminmax(u))
-    if math.isnan(lo) or math.isnan(hi):
-        raise ValueError(f"{name}: contains NaN")
-    if not math.isfinite(hi):
-        raise ValueError(f"{name}: contains inf")
-    if lo < 0:
-        raise ValueError(f"{name}: values must be non-negative, got minimum {lo!r}")
+    u, lo, hi = _unit_values(u, dtype, name)
+    if isinstance(cost, Tensor) and cost.dim() == 0:
+        cost = float(cost)
     if isinstance(cost, Tensor):
-        if cost.dim() == 0:
-            cost = float(cost)
-        else:
-            if cost.shape != u.shape:
-                raise ValueError(
-                    f"{cost_name}: shape {tuple(cost.shape)} does not match values "
-                    f"shape {tuple(u.shape)}"
-                )
-            if not cost.is_floating_point():
-                cost = cost.to(dtype)
-            c = cost.detach().to(device=u.device, dtype=dtype).contiguous()
-            c_lo, c_hi = (float(x) for x in torch.aminmax(c))
-            if not (c_lo > 0 and math.isfinite(c_hi)):
-                raise ValueError(
-                    f"{cost_name}: costs must be positive and finite, got range [{c_lo}, {c_hi}]"
-                )
-            total = float(_sum64(c))
-            return _Segment(u, None, c, total, lo, hi)
+        c = _check_costs(cost, u.numel(), dtype, u.device, cost_name)
+        return _Segment(u, None, c, float(_sum64(c)), lo, hi)
     c_scalar = _check_positive(cost_name, cost)
     return _Segment(u, c_scalar, None, c_scalar * u.numel(), lo, hi)
 
@@ -232,9 +271,9 @@ def _prepare_segments(segments: Segments) -> list[_Segment]:
     ]
 
 
-def _check_budget(budget: float, total: float) -> float:
+def _check_budget(budget: object, total: float) -> float:
     try:
-        k = float(budget)
+        k = float(budget)  # type: ignore[arg-type]
     except (TypeError, ValueError) as exc:
         raise ValueError(f"budget: expected a number, got {budget!r}") from exc
     if not (math.isfinite(k) and 0 < k <= total * (1 + 1e-9)):
@@ -248,7 +287,7 @@ def _default_tol(dtype: torch.dtype, tol: float | None) -> float:
     return _check_positive("tol", tol)
 
 
-def _check_max_iter(max_iter: int) -> int:
+def _check_max_iter(max_iter: object) -> int:
     if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
         raise ValueError(f"max_iter: expected a positive integer, got {max_iter!r}")
     return max_iter
@@ -257,11 +296,27 @@ def _check_max_iter(max_iter: int) -> int:
 # --- soft mask -------------------------------------------------------------------------------
 
 
+def _half_tanh(u: Tensor, dual: float, beta: float, out: Tensor) -> Tensor:
+    """T = tanh(beta * (u - dual) / 2) into ``out`` (two passes, no temporaries)."""
+    shift = torch.tensor(-0.5 * beta * dual, dtype=torch.float64)  # 0-d: broadcast as a scalar
+    torch.add(shift, u, alpha=0.5 * beta, out=out)
+    return out.tanh_()
+
+
+_HALF = torch.tensor(0.5, dtype=torch.float64)
+
+
+def _tanh_to_sigmoid_(t: Tensor) -> Tensor:
+    """In place: (1 + T) / 2, i.e. sigmoid(x) from T = tanh(x / 2)."""
+    return torch.add(_HALF, t, alpha=0.5, out=t)
+
+
 def soft_mask(unit_values: Tensor, dual: float, beta: float) -> Tensor:
     """The soft mask ``sigmoid(beta * (u - dual))`` in the input dtype.
 
-    ``sigmoid`` saturates to exactly 0 or 1, so large ``beta * |u - dual|`` neither overflows
-    nor gives NaN; ``dual = -inf`` gives all ones.
+    Computed as ``(1 + tanh(beta * (u - dual) / 2)) / 2``, which saturates to exactly 0 or 1, so
+    large ``beta * |u - dual|`` neither overflows nor gives NaN; ``dual = -inf`` gives all ones.
+    Bit-for-bit the mask :func:`soft_topk` returns for the same unit values and dual.
 
     Args:
         unit_values: (n,) unit values u.
@@ -274,79 +329,163 @@ def soft_mask(unit_values: Tensor, dual: float, beta: float) -> Tensor:
     beta = _check_positive("beta", beta)
     if not isinstance(unit_values, Tensor) or not unit_values.is_floating_point():
         raise ValueError("unit_values: expected a floating-point tensor")
-    out = torch.sub(unit_values, dual)
-    out.mul_(beta)
-    return out.sigmoid_()
+    if dual == -math.inf:
+        return torch.ones_like(unit_values)
+    out = torch.empty_like(unit_values)
+    return _tanh_to_sigmoid_(_half_tanh(unit_values, dual, beta, out))
 
 
-# --- hard threshold: radix select on bit patterns ----------------------------------------------
+# --- hard threshold: exact selection by bit-pattern windows ----------------------------------
 
 
-def _bin_costs(
-    segs: list[_Segment], base: int, shift: int, nbins: int, dtype: torch.dtype
-) -> Tensor:
-    """Cost per bit-pattern bin: (nbins + 2,) float64.
+def _sample(segs: list[_Segment]) -> tuple[Tensor, Tensor]:
+    """A strided sample of the unit values with the cost each sampled entry stands for.
 
-    Bin 0 holds everything below ``base``, bins 1..nbins the patterns
-    ``[base + (j - 1) * 2**shift, base + j * 2**shift)``, bin nbins + 1 everything above.
+    Returns (values, weights), both float64 and sorted by descending value.
     """
-    hist = None
-    offset = base - (1 << shift)  # pattern ``base`` lands in bin 1 after the shift
+    n = sum(s.n for s in segs)
+    size = min(n, max(_MIN_SAMPLE, min(_MAX_SAMPLE, int(16 * math.sqrt(n)))))
+    stride = max(1, n // size)
+    values, weights = [], []
     for seg in segs:
-        idx = torch.bitwise_and(seg.u.view(_INT_VIEW[dtype]), _ABS_MASK[dtype])
-        idx.sub_(offset)
-        if shift:
-            idx.bitwise_right_shift_(shift)
-        idx.clamp_(0, nbins + 1)
+        start = min(stride // 2, seg.n - 1)
+        u = seg.u[start::stride]
+        scale = seg.n / u.numel()
+        values.append(u.double())
         if seg.cost is None:
-            counts = torch.bincount(idx, minlength=nbins + 2).to(torch.float64)
-            counts.mul_(seg.scalar_cost)
+            weights.append(torch.full_like(values[-1], seg.scalar_cost * scale))
         else:
-            # float64 weights: bincount accumulates in the weights' dtype
-            counts = torch.bincount(idx, weights=seg.cost.double(), minlength=nbins + 2)
-        hist = counts if hist is None else hist.add_(counts)
-    assert hist is not None
-    return hist
+            weights.append(seg.cost[start::stride].double() * scale)
+    v = torch.cat(values)
+    order = torch.argsort(v, descending=True)
+    return v[order].cpu(), torch.cat(weights)[order].cpu()
 
 
-def _radix_threshold(
-    segs: list[_Segment], budget: float, dtype: torch.dtype, init: float | None
-) -> tuple[float, int]:
-    """The hard threshold and the number of passes over the data used."""
-    reach = budget * (1 - _REACH_SLACK)
-    n = sum(s.u.numel() for s in segs)
-    # fewer bins for small inputs: the per-pass cost is then the histogram, not the data
-    bits = min(_MAX_BIN_BITS, max(_MIN_BIN_BITS, n.bit_length() - 4))
-    passes = 0
-    window: tuple[int, int, int] | None = None
+def _sample_window(
+    sample: tuple[Tensor, Tensor], reach: float, total: float, dtype: torch.dtype
+) -> tuple[int, int]:
+    """A bit-pattern window (start, log2 width) likely to hold the threshold."""
+    values, weights = sample
+    size = values.numel()
+    cum = torch.cumsum(weights, 0)
+    i = min(int((cum < reach).sum()), size - 1)  # first sample where the budget is reached
+    f = min(max(reach / total, 0.0), 1.0)
+    margin = int(4 * math.sqrt(size * f * (1 - f))) + 4  # a few standard errors of the rank
+    lo_bits = 0 if i + margin >= size else _to_bits(float(values[i + margin]), dtype)
+    hi_bits = (
+        _INF_BITS[dtype] if i - margin <= 0 else _to_bits(float(values[i - margin]), dtype) + 1
+    )
+    return lo_bits, max(0, (hi_bits - lo_bits - 1).bit_length())
+
+
+@dataclass
+class _Split:
+    """Where the entries of all segments fall relative to a window."""
+
+    above_cost: float
+    window_cost: float
+
+
+def _classify(segs: list[_Segment], keys: list[Tensor], start: int, log_width: int) -> _Split:
+    """Key each entry -1 (below), 0 (inside) or 1 (above the window) and sum costs per class.
+
+    The window is the bit patterns ``[start, start + 2**log_width)``.
+    """
+    rows = []
+    for seg, key in zip(segs, keys, strict=True):
+        torch.sub(seg.bits, start, out=key)
+        if log_width:
+            key.bitwise_right_shift_(log_width)  # arithmetic shift: negatives stay negative
+        key.clamp_(-1, 1)
+        if seg.cost is None:
+            balance = key.sum(dtype=key.dtype).double()  # count above - count below
+            outside = torch.count_nonzero(key).double()  # count above + count below
+            rows.append(torch.stack((balance, outside)) * seg.scalar_cost)
+        else:
+            signed = key.to(seg.u.dtype)
+            c_balance = _dot64(seg.cost, signed)
+            c_outside = _dot64(seg.cost, signed.abs_())
+            rows.append(torch.stack((c_balance, c_outside)))
+    table = torch.stack(rows).cpu().tolist()
+    above = sum(0.5 * (outside + balance) for balance, outside in table)
+    window = sum(seg.total_cost - outside for seg, (_, outside) in zip(segs, table, strict=True))
+    return _Split(max(above, 0.0), max(window, 0.0))
+
+
+def _extract(segs: list[_Segment], keys: list[Tensor]) -> tuple[Tensor, Tensor]:
+    """Unit values and costs of the entries keyed 0 (inside the window), concatenated."""
+    values, costs = [], []
+    for seg, key in zip(segs, keys, strict=True):
+        key.add_(1).bitwise_and_(1)  # inside -> 1, below and above -> 0
+        idx = torch.nonzero(key).view(-1)
+        values.append(seg.u[idx])
+        costs.append(
+            torch.full_like(values[-1], seg.scalar_cost) if seg.cost is None else seg.cost[idx]
+        )
+    return torch.cat(values), torch.cat(costs)
+
+
+def _select(
+    segs: list[_Segment],
+    reach: float,
+    dtype: torch.dtype,
+    init: float | None,
+    keys: list[Tensor] | None = None,
+    sample: tuple[Tensor, Tensor] | None = None,
+) -> tuple[float, int, tuple[Tensor, Tensor] | None]:
+    """Largest unit value t whose cost at or above it reaches ``reach``.
+
+    Returns (t, passes over the data, the sample drawn if any).
+    """
+    total = sum(s.total_cost for s in segs)
+    n = sum(s.n for s in segs)
+    if reach >= total * (1 - _FULL_BUDGET):
+        return min(s.u_min for s in segs), 0, sample
+    if keys is None:
+        keys = [torch.empty(s.n, dtype=_INT_VIEW[dtype], device=s.u.device) for s in segs]
+    window: tuple[int, int] | None = None
     if init is not None and math.isfinite(init) and init >= 0:
-        centre = _to_bits(_round_to(init, dtype), dtype)
-        window = (max(0, centre - (1 << (bits - 1))), 0, 1 << bits)
-    cold = window is None
+        p = _WARM_BITS[dtype]
+        window = (max(0, _to_bits(init, dtype) - (1 << (p - 1))), p)
+    moves = 0
+    passes = 0
     while True:
         if window is None:
-            cold = True
-            lo_bits = _to_bits(min(s.u_min for s in segs), dtype)
-            hi_bits = _to_bits(max(s.u_max for s in segs), dtype)
-            width = hi_bits - lo_bits + 1
-            shift = max(0, (width - 1).bit_length() - bits)
-            window = (lo_bits, shift, -(-width // (1 << shift)))
-        base, shift, nbins = window
-        hist = _bin_costs(segs, base, shift, nbins, dtype)
+            if sample is None:
+                sample = _sample(segs)
+            window = _sample_window(sample, reach, total, dtype)
+        start, log_width = window
+        split = _classify(segs, keys, start, log_width)
         passes += 1
-        # cost at or above each bin, from the top bin down: (nbins + 2,)
-        above = torch.cumsum(torch.flip(hist, (0,)), 0)
-        j = int((above >= reach).sum()) - 1  # highest bin whose cost from the top reaches k
-        if j <= 0 or j == nbins + 1:
-            if cold:  # cannot happen: the cold window spans every value
-                raise RuntimeError("hard_threshold: radix select lost the threshold")
-            window = None
-            continue
-        start = base + ((j - 1) << shift)
-        if shift == 0:
-            return _from_bits(start, dtype), passes
-        new_shift = max(0, shift - bits)
-        window = (start, new_shift, 1 << (shift - new_shift))
+        above = split.above_cost >= reach
+        below = split.above_cost + split.window_cost < reach
+        if not (above or below):
+            break
+        moves += 1
+        width = log_width + 3
+        if moves == 1 and sample is None:
+            window = None  # the warm window missed: take one from a sample
+        elif moves > 8:
+            # rounding of per-entry float32 costs can make windows disagree: take everything
+            window = (0, _INF_BITS[dtype].bit_length())
+        elif above:
+            window = (min(start + (1 << log_width), _INF_BITS[dtype]), width)
+        else:
+            window = (max(0, start - (1 << width)), width)
+    values, costs = _extract(segs, keys)
+    remaining = reach - split.above_cost
+    if values.numel() > max(_SORT_MIN, n >> 8) and values.numel() < n:
+        sub = [
+            _Segment(
+                values, None, costs, float(_sum64(costs)), float(values.min()), float(values.max())
+            )
+        ]
+        t, sub_passes, _ = _select(sub, remaining, dtype, None)
+        return t, passes + sub_passes, sample
+    order = torch.argsort(values, descending=True, stable=True)
+    cum = torch.cumsum(costs[order].double(), 0)
+    first = min(int((cum < remaining).sum()), values.numel() - 1)
+    return float(values[order[first]]), passes, sample
 
 
 def hard_threshold(segments: Segments, budget: float, *, init: float | None = None) -> float:
@@ -354,7 +493,7 @@ def hard_threshold(segments: Segments, budget: float, *, init: float | None = No
 
     Keeps entries in descending unit value until the cumulative cost first reaches ``budget``;
     the unit value of that entry is the threshold, and the kept set is ``u >= threshold`` in
-    every segment (ties at the threshold are all kept). Linear in n, no sort (see the module
+    every segment (ties at the threshold are all kept). Linear in n, no full sort (see the module
     docstring).
 
     Args:
@@ -371,39 +510,52 @@ def hard_threshold(segments: Segments, budget: float, *, init: float | None = No
             budget outside (0, total cost].
     """
     segs = _prepare_segments(segments)
-    total = sum(s.total_cost for s in segs)
-    k = _check_budget(budget, total)
-    return _radix_threshold(segs, k, segs[0].u.dtype, init)[0]
+    k = _check_budget(budget, sum(s.total_cost for s in segs))
+    with torch.no_grad():
+        return _select(segs, k * (1 - _REACH_SLACK), segs[0].u.dtype, init)[0]
 
 
 # --- dual solve ------------------------------------------------------------------------------
 
 
 class _Evaluator:
-    """Computes sum c m and sum c m^2 at a given lam, keeping the masks of the last call."""
+    """Evaluates sum c m and sum c m (1 - m) at a given lam, keeping T = tanh(...) per segment."""
 
-    def __init__(self, segs: list[_Segment], beta: float) -> None:
+    def __init__(self, segs: list[_Segment], beta: float, buffers: list[Tensor] | None) -> None:
         self.segs = segs
         self.beta = beta
-        self.masks = [torch.empty_like(s.u) for s in segs]
-        self.scratch = [None if s.cost is None else torch.empty_like(s.u) for s in segs]
+        self.t = buffers if buffers is not None else [torch.empty_like(s.u) for s in segs]
+        self.n = sum(s.n for s in segs)
+
+    def fill(self, lam: float) -> None:
+        """T at lam, without reductions."""
+        for seg, t in zip(self.segs, self.t, strict=True):
+            _half_tanh(seg.u, lam, self.beta, t)
 
     def __call__(self, lam: float) -> tuple[float, float]:
+        """(sum c m, sum c m (1 - m)), the latter in the input precision."""
+        self.fill(lam)
         sums = []
-        for seg, m, cm in zip(self.segs, self.masks, self.scratch, strict=True):
-            torch.sub(seg.u, lam, out=m)
-            m.mul_(self.beta)
-            m.sigmoid_()
+        for seg, t in zip(self.segs, self.t, strict=True):
             if seg.cost is None:
-                s1 = _sum64(m)
-                s2 = _dot64(m, m)
-                sums.append(torch.stack((s1, s2)) * seg.scalar_cost)
+                c = seg.scalar_cost
+                sums.append(torch.stack((_sum64(t) * c, _dot_fast(t, t) * c)))
             else:
-                assert cm is not None
-                torch.mul(m, seg.cost, out=cm)
-                sums.append(torch.stack((_sum64(cm), _dot64(cm, m))))
-        s, q = torch.stack(sums).sum(0).tolist()
-        return s, q
+                sums.append(torch.stack((_dot64(seg.cost, t), _weighted_square_sum(seg.cost, t))))
+        s_t, sq_t = torch.stack(sums).sum(0).tolist()
+        total = sum(s.total_cost for s in self.segs)
+        # m = (1 + T) / 2 and m (1 - m) = (1 - T^2) / 4
+        return 0.5 * (total + s_t), 0.25 * (total - sq_t)
+
+    def masks(self) -> list[Tensor]:
+        """Turn the stored T into masks in place and return them."""
+        return [_tanh_to_sigmoid_(t) for t in self.t]
+
+
+def _distinct(a: float, b: float, beta: float, dtype: torch.dtype) -> bool:
+    """Whether lam = a and lam = b can give different masks in ``dtype``."""
+    x = torch.tensor([0.5 * beta * a, 0.5 * beta * b], dtype=torch.float64).to(dtype)
+    return bool(torch.nextafter(x[0], x[1]) != x[1]) and bool(x[0] != x[1])
 
 
 def _solve(
@@ -413,55 +565,72 @@ def _solve(
     init: float | None,
     tol: float,
     max_iter: int,
+    buffers: list[Tensor] | None = None,
 ) -> tuple[float, int, _Evaluator | None]:
-    """Root lam of sum c sigmoid(beta (u - lam)) = budget; the evaluator holds its masks."""
+    """Root lam of sum c sigmoid(beta (u - lam)) = budget; the evaluator holds its T."""
     dtype = segs[0].u.dtype
     total = sum(s.total_cost for s in segs)
     f = budget / total
     if f >= 1 - _FULL_BUDGET:
         return -math.inf, 0, None
     logit_f = math.log(f) - math.log1p(-f)
-    u_min = min(s.u_min for s in segs)
-    u_max = max(s.u_max for s in segs)
     # m_i >= f for every i at lo and <= f at hi, so the root lies in [lo, hi]
-    lo = u_min - logit_f / beta
-    hi = u_max - logit_f / beta
-    pad = 4 * math.ulp(max(abs(lo), abs(hi), 1e-300)) + 4 * torch.finfo(dtype).eps * max(
-        abs(lo), abs(hi)
-    )
+    lo = min(s.u_min for s in segs) - logit_f / beta
+    hi = max(s.u_max for s in segs) - logit_f / beta
+    pad = 8 * torch.finfo(dtype).eps * max(abs(lo), abs(hi), 1e-30)
     lo, hi = lo - pad, hi + pad
     lam = 0.5 * (lo + hi) if init is None or not math.isfinite(init) else min(max(init, lo), hi)
-    evaluate = _Evaluator(segs, beta)
+    evaluate = _Evaluator(segs, beta, buffers)
+    slack = _D_SLACK[dtype] * evaluate.n
+    g = previous_g = math.inf
+    evaluated = lam
     for it in range(1, max_iter + 1):
-        lam = _round_to(lam, dtype)
-        s, q = evaluate(lam)
-        g = s - budget
+        evaluated = lam
+        kept, slope_sum = evaluate(lam)
+        g = kept - budget
         if abs(g) <= tol * budget:
             return lam, it, evaluate
         if g > 0:
             lo = max(lo, lam)
         else:
             hi = min(hi, lam)
-        if _round_to(lo, dtype) >= _round_to(hi, dtype) or _next_up(lo, dtype) >= hi:
+        if not _distinct(lo, hi, beta, dtype):
             logger.debug(
-                "solve_dual: bracket at %s resolution, |g|/k = %.3g", dtype, abs(g) / budget
+                "solve_dual: stopped at %s resolution, |g|/k = %.3g", dtype, abs(g) / budget
             )
             return lam, it, evaluate
-        slope = beta * (s - q)  # -g'(lam) = beta * sum c m (1 - m)
-        step = lam + g / slope if slope > 0 else math.nan
-        lam = step if lo < step < hi else 0.5 * (lo + hi)
+        step = g / (beta * slope_sum) if slope_sum > 0 else math.nan
+        candidate = lam + step
+        # bisect when Newton leaves the bracket or the last Newton step did not halve |g|
+        stalled = abs(g) > 0.5 * previous_g
+        previous_g = abs(g)
+        if not lo < candidate < hi or stalled:
+            lam = 0.5 * (lo + hi)
+            previous_g = math.inf
+            continue
+        if it < max_iter and beta * abs(step) < 1.0:
+            # |g(lam + step)| <= beta^2 / 2 * max |sum c m(1-m)(1-2m)| * step^2, and
+            # m(1-m) grows by at most exp(beta |step|) over the step
+            bound = 0.5 * beta**2 * (slope_sum + slack) * math.exp(beta * abs(step)) * step**2
+            if bound <= 0.5 * tol * budget:
+                evaluate.fill(candidate)
+                return candidate, it + 1, evaluate
+        lam = candidate
     logger.warning(
         "solve_dual: no convergence in %d iterations (|g|/k = %.3g)", max_iter, abs(g) / budget
     )
-    return lam, max_iter, evaluate
+    return evaluated, max_iter, evaluate
 
 
-def _next_up(x: float, dtype: torch.dtype) -> float:
-    """The next representable value above ``x`` in ``dtype``."""
-    if dtype == torch.float64:
-        return math.nextafter(x, math.inf)
-    t = torch.tensor(x, dtype=dtype)
-    return torch.nextafter(t, torch.tensor(math.inf, dtype=dtype)).item()
+def _sample_dual(sample: tuple[Tensor, Tensor], budget: float, beta: float) -> float:
+    """lam solved on a sample: a cold start for :func:`_solve`."""
+    values, weights = sample
+    seg = _Segment(
+        values, None, weights, float(weights.sum()), float(values.min()), float(values.max())
+    )
+    scale = seg.total_cost
+    lam, _, _ = _solve([seg], min(budget, scale) * (1 - 1e-12), beta, None, 1e-6, 60)
+    return lam
 
 
 def solve_dual(
@@ -479,13 +648,16 @@ def solve_dual(
         segments: ``(unit_values, cost)`` pairs (see :func:`hard_threshold`).
         budget: k in (0, total cost].
         beta: inverse temperature, > 0.
-        init: a starting lam (the previous step's dual); cold starts begin at the hard
-            threshold.
+        init: a starting lam (the previous step's dual); cold starts begin at a dual solved on
+            a small sample of the values.
         tol: stop when ``|g(lam)| <= tol * budget``; default 1e-10 (float64), 1e-6 (float32).
         max_iter: maximum number of passes.
 
     Returns:
         ``(lam, passes)``; lam is ``-inf`` when the budget keeps everything.
+
+    Raises:
+        ValueError: as :func:`hard_threshold`, and for a non-positive beta, tol or max_iter.
     """
     beta = _check_positive("beta", beta)
     max_iter = _check_max_iter(max_iter)
@@ -494,8 +666,8 @@ def solve_dual(
     tol = _default_tol(dtype, tol)
     k = _check_budget(budget, sum(s.total_cost for s in segs))
     with torch.no_grad():
-        if init is None:
-            init = _radix_threshold(segs, k, dtype, None)[0]
+        if init is None and k < sum(s.total_cost for s in segs) * (1 - _FULL_BUDGET):
+            init = _sample_dual(_sample(segs), k, beta)
         lam, iters, _ = _solve(segs, k, beta, init, tol, max_iter)
     return lam, iters
 
@@ -527,17 +699,29 @@ class SoftTopKFunction(torch.autograd.Function):
         tol: float,
         max_iter: int,
     ) -> tuple[Tensor, Tensor, Tensor]:
+        dtype = values.dtype
         if isinstance(costs, Tensor):
-            u = values / costs
-            seg = _make_segment(u, costs, values.dtype, "values", "costs")
+            seg = _make_segment(values / costs, costs, dtype, "values", "costs")
         else:
             u = values if costs == 1.0 else values / costs
-            seg = _make_segment(u, costs, values.dtype, "values", "costs")
+            seg = _make_segment(u, costs, dtype, "values", "costs")
         segs = [seg]
-        threshold, _ = _radix_threshold(segs, budget, values.dtype, threshold_init)
-        start = threshold if dual_init is None else dual_init
-        dual, iterations, evaluate = _solve(segs, budget, beta, start, tol, max_iter)
-        mask = torch.ones_like(values) if evaluate is None else evaluate.masks[0]
+        # one buffer: integer keys for the selection, then T, then the mask
+        buffer = torch.empty_like(seg.u)
+        keys = [buffer.view(_INT_VIEW[dtype])]
+        threshold, _, sample = _select(
+            segs, budget * (1 - _REACH_SLACK), dtype, threshold_init, keys=keys
+        )
+        if dual_init is not None:
+            start = dual_init
+        elif sample is not None:
+            start = _sample_dual(sample, budget, beta)
+        else:
+            start = threshold
+        dual, iterations, evaluate = _solve(
+            segs, budget, beta, start, tol, max_iter, buffers=[buffer]
+        )
+        mask = buffer.fill_(1.0) if evaluate is None else evaluate.masks()[0]
         hard = torch.ge(seg.u, threshold)
         stats = torch.tensor([threshold, dual, iterations], dtype=torch.float64)
         ctx.beta = beta
@@ -556,24 +740,26 @@ class SoftTopKFunction(torch.autograd.Function):
     ) -> tuple[Tensor | None, ...]:
         mask, cost = ctx.saved_tensors
         beta: float = ctx.beta
-        grad_mask = grad_mask.contiguous()
-        s = torch.sub(1.0, mask)
-        s.mul_(mask)  # (n,) m (1 - m)
-        gs = float(_dot64(grad_mask, s))
+        g = grad_mask.contiguous()
+        grad = torch.addcmul(mask, mask, mask, value=-1.0)  # (n,) s = m (1 - m)
         if cost is None:
             c = ctx.scalar_cost
-            cs = c * float(_sum64(s))
-            ratio = gs / cs if cs > 0 else 0.0
-            grad = torch.sub(grad_mask, c * ratio)
-            grad.mul_(s)
-            grad.mul_(beta / c)
-        else:
-            cs = float(_dot64(cost, s))
-            ratio = gs / cs if cs > 0 else 0.0
-            grad = torch.div(grad_mask, cost)
-            grad.sub_(ratio)
-            grad.mul_(s)
-            grad.mul_(beta)
+            gs, ss = torch.stack((_dot64(g, grad), _sum64(grad))).tolist()
+            ratio = gs / ss if ss > 0 else 0.0  # c * (sum g s / sum c s)
+            scale = beta / c
+            if ratio == 0.0:
+                return grad.mul_(g).mul_(scale), None, None, None, None, None, None, None
+            # s (g - ratio) * scale = (-ratio * scale) * s * (1 - g / ratio)
+            if abs(ratio) > 1e-20:
+                grad.addcmul_(grad, g, value=-1.0 / ratio).mul_(-ratio * scale)
+            else:
+                grad.mul_(torch.sub(g, ratio)).mul_(scale)
+            return grad, None, None, None, None, None, None, None
+        gs, cs = torch.stack((_dot64(g, grad), _dot64(cost, grad))).tolist()
+        ratio = gs / cs if cs > 0 else 0.0
+        # beta * s * (g / c - ratio) = beta * s * (g - ratio * c) / c
+        direction = torch.add(g, cost, alpha=-ratio).div_(cost)
+        grad.mul_(direction).mul_(beta)
         return grad, None, None, None, None, None, None, None
 
 
@@ -595,8 +781,8 @@ def soft_topk(
         costs: (n,) positive per-entry costs, or one python float shared by all entries.
         budget: k in (0, sum of costs].
         beta: inverse temperature, > 0.
-        dual_init: the previous step's dual, to warm-start the solver (else it starts at the
-            hard threshold).
+        dual_init: the previous step's dual, to warm-start the solver (else it starts from a
+            dual solved on a sample of the values, or from the hard threshold).
         threshold_init: the previous step's threshold, to warm-start the hard top-k.
         tol: relative budget tolerance; default 1e-10 (float64), 1e-6 (float32).
         max_iter: maximum solver passes.
@@ -607,32 +793,23 @@ def soft_topk(
     Raises:
         ValueError: naming the argument, for a non-1-D or non-float tensor, mismatched shapes,
             NaN/inf/negative values, non-positive or non-finite costs, a budget outside
-            (0, sum of costs], or a non-positive beta.
+            (0, sum of costs], or a non-positive beta, tol or max_iter.
     """
     dtype = _compute_dtype("values", values)
     beta = _check_positive("beta", beta)
     max_iter = _check_max_iter(max_iter)
     tol = _default_tol(dtype, tol)
+    if values.numel() == 0:
+        raise ValueError("values: empty tensor")
     if isinstance(costs, Tensor) and costs.dim() == 0:
         costs = float(costs)
     if isinstance(costs, Tensor):
         _compute_dtype("costs", costs)
-        if costs.shape != values.shape:
-            raise ValueError(
-                f"costs: shape {tuple(costs.shape)} does not match values shape "
-                f"{tuple(values.shape)}"
-            )
-        costs = costs.detach().to(device=values.device, dtype=dtype)
-        # validated here so the total is known before the budget check
-        c_lo, c_hi = (float(x) for x in torch.aminmax(costs))
-        if not (c_lo > 0 and math.isfinite(c_hi)):
-            raise ValueError(f"costs: must be positive and finite, got range [{c_lo}, {c_hi}]")
+        costs = _check_costs(costs, values.numel(), dtype, values.device, "costs")
         total = float(_sum64(costs))
     else:
         costs = _check_positive("costs", costs)
         total = costs * values.numel()
-    if values.numel() == 0:
-        raise ValueError("values: empty tensor")
     k = _check_budget(budget, total)
     input_dtype = values.dtype
     mask, hard, stats = SoftTopKFunction.apply(
