@@ -92,8 +92,9 @@ def _tiny_digits_job(queue: str) -> dict:
 def test_submit_follow_download_load(live_service: tuple[str, str], tmp_path: Path) -> None:
     url, queue = live_service
     with SpartanClient(url, timeout=30) as client:
-        job = client.submit(_tiny_digits_job(queue), idempotency_key="e2e-1")
-        again = client.submit(_tiny_digits_job(queue), idempotency_key="e2e-1")
+        key = f"e2e-{queue}"  # the PostgreSQL store outlives test runs
+        job = client.submit(_tiny_digits_job(queue), idempotency_key=key)
+        again = client.submit(_tiny_digits_job(queue), idempotency_key=key)
         assert again["id"] == job["id"]
         events = list(client.events(job["id"]))
         assert events[-1].event == "end"
