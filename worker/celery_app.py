@@ -39,6 +39,17 @@ TASK_NAME = "spartan.run_job"
 _TIME_MARGIN_S = 3600
 
 
+def _transport_options(settings: Settings) -> dict[str, Any]:
+    """Broker options: a visibility timeout for brokers that redeliver unacked messages.
+
+    kombu's SQLAlchemy transport passes its options to ``create_engine``, which rejects
+    unknown keywords, and it has no visibility timeout to set.
+    """
+    if settings.broker_url.startswith("sqla+"):
+        return {}
+    return {"visibility_timeout": settings.job_time_limit_s + 2 * _TIME_MARGIN_S}
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
     """The Celery configuration derived from ``settings`` (a plain dict, for inspection)."""
     return {
@@ -58,12 +69,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # The job's own time limit is enforced by the training loop (it checkpoints first);
         # this hard limit only stops a task that hangs outside the loop.
         "task_time_limit": settings.job_time_limit_s + _TIME_MARGIN_S,
-        "broker_transport_options": {
-            "visibility_timeout": settings.job_time_limit_s + 2 * _TIME_MARGIN_S
-        },
+        "broker_transport_options": _transport_options(settings),
         "result_expires": 7 * 24 * 3600,
         "broker_connection_retry_on_startup": True,
-        "worker_hijack_root_logger": False,
         "task_track_started": True,
     }
 
