@@ -3,7 +3,7 @@
 Baseline, measured in the same run: one dense ResNet-50 forward at batch 1 (224 x 224).
 Prints the median time of each plan and its ratio to the baseline.
 
-    .venv/bin/python benchmarks/cost_models_plan.py [--repeats 5]
+    .venv/bin/python benchmarks/cost_models_plan.py [--repeats 5] [--threads N]
 """
 
 from __future__ import annotations
@@ -20,13 +20,19 @@ from cost_models.kernels import median_ms
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = torchvision.models.resnet50(weights=None).eval()
     x = torch.randn(1, 3, 224, 224)
     with torch.inference_mode():
         baseline = median_ms(lambda: model(x), repeats=args.repeats)
-    print(f"baseline: dense resnet50 forward, batch 1, 224x224: {baseline:.1f} ms")
+    print(
+        f"baseline: dense resnet50 forward, batch 1, 224x224, {torch.get_num_threads()} "
+        f"thread(s): {baseline:.1f} ms"
+    )
     flops = cost_models.get("flops", input_size=(3, 224, 224))
     cases = {
         "params, global, 1x1, f=0.1": dict(cost_model="params", target=0.1),

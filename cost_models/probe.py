@@ -91,7 +91,8 @@ def _meta_forward(model: nn.Module, input_size: Sequence[int]) -> None:
         ]
     }
     x = torch.empty((1, *input_size), device="meta")
-    functional_call(model, state, (x,), strict=False, tie_weights=True)
+    with torch.inference_mode():
+        functional_call(model, state, (x,), strict=False, tie_weights=True)
 
 
 def _real_forward(model: nn.Module, input_size: Sequence[int]) -> None:
