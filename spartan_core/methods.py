@@ -188,10 +188,10 @@ class _HardMethod(Method):
         if fraction >= 1.0:
             _keep_all(group, fraction, beta)
             return
-        units = [
-            layer.entry_values(weight).div_(layer.cost)
-            for layer, weight in zip(group.layers, weights, strict=True)
-        ]
+        units = []
+        for layer, weight in zip(group.layers, weights, strict=True):
+            values = layer.entry_values(weight)
+            units.append(values if layer.cost == 1.0 else values.mul_(1.0 / layer.cost))
         total_cost = sum(layer.cost * layer.n_entries for layer in group.layers)
         segments = [(u.view(-1), layer.cost) for u, layer in zip(units, group.layers, strict=True)]
         threshold = topk.hard_threshold(
