@@ -5,7 +5,7 @@ For a ResNet-50-like 3x3 conv (256 -> 256 channels at 14x14) and a ViT-like Line
 CSR / BSR time at several densities as a ratio to dense, and the R^2 of the straight line
 latency = a + b * kept_blocks that the ``profiled`` cost model fits.
 
-    .venv/bin/python benchmarks/cost_models_kernels.py [--repeats 10]
+    .venv/bin/python benchmarks/cost_models_kernels.py [--repeats 10] [--threads N]
 """
 
 from __future__ import annotations
@@ -34,7 +34,11 @@ def pruned(weight: torch.Tensor, density: float, block: tuple[int, int]) -> torc
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"{torch.get_num_threads()} thread(s)")
     torch.manual_seed(0)
     layers = {
         "conv 256->256 3x3 @14x14": (
