@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
+from torch.utils.hooks import RemovableHandle
 
 from spartan_core.blocks import block_grid, expand_block_mask, num_entries
 from spartan_core.config import SparsifierConfig, resolve_cost_model
@@ -93,18 +94,28 @@ class Sparsifier:
         ]
 
         self.layers: list[MaskParametrization] = []
-        self._attach(costs)
         self._groups: dict[tuple[int, ...], DualGroup] = {}
         self._step = 0
         self._frozen = False
         self._finalized = False
-        self._hooks = [
-            model.register_forward_pre_hook(self._before_forward),
-            model.register_forward_hook(self._after_forward, always_call=True),
-        ]
-        self._update(0)
-        if self._step >= self.freeze_step:
-            self._freeze()
+        self._hooks: list[RemovableHandle] = []
+        ready = False
+        try:
+            self._attach(costs)
+            self._hooks = [
+                model.register_forward_pre_hook(self._before_forward),
+                model.register_forward_hook(self._after_forward, always_call=True),
+            ]
+            self._update(0)  # e.g. NaN weights fail here: leave the model as it was
+            if self._step >= self.freeze_step:
+                self._freeze()
+            ready = True
+        finally:
+            if not ready:
+                self._detach()
+                self.layers = []
+                for hook in self._hooks:
+                    hook.remove()
 
     # ----------------------------------------------------------------- schedule
 
@@ -364,27 +375,17 @@ class Sparsifier:
             )
 
     def _attach(self, costs: Mapping[str, LayerCost]) -> None:
-        """Register one parametrization per target; on any failure undo them all."""
-        attached = False
-        try:
-            for target in self.targets:
-                module = get_submodule(self.model, target.module_name)
-                weight = getattr(module, target.param_name)
-                layer = MaskParametrization(
-                    target,
-                    weight,
-                    self.config.block_shape,
-                    costs[target.name].per_entry,
-                    self.method,
-                )
-                layer.group = DualGroup([layer])  # placeholder until the first update
-                parametrize.register_parametrization(module, target.param_name, layer)
-                self.layers.append(layer)
-            attached = True
-        finally:
-            if not attached:
-                self._detach()
-                self.layers = []
+        """Register one parametrization per target (the caller undoes them on failure)."""
+        for target in self.targets:
+            module = get_submodule(self.model, target.module_name)
+            weight = getattr(module, target.param_name)
+            per_entry = costs[target.name].per_entry
+            layer = MaskParametrization(
+                target, weight, self.config.block_shape, per_entry, self.method
+            )
+            layer.group = DualGroup([layer])  # placeholder until the first update
+            parametrize.register_parametrization(module, target.param_name, layer)
+            self.layers.append(layer)
 
     def _detach(self) -> None:
         """Remove the parametrizations registered so far, keeping the (baked) weights."""

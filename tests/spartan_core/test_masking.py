@@ -292,3 +292,13 @@ def test_a_masked_layer_cannot_be_masked_twice() -> None:
     Sparsifier(model, _config(), total_steps=3)
     with pytest.raises(ValueError, match=r"model: 0\.weight already carries a parametrization"):
         Sparsifier(model, _config(), total_steps=3)
+
+
+def test_a_failing_first_update_leaves_the_model_unmasked() -> None:
+    model = _mlp()
+    with torch.no_grad():
+        model[2].weight[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        Sparsifier(model, _config(), total_steps=3)
+    assert all(not parametrize.is_parametrized(m) for m in model)
+    assert not model._forward_pre_hooks and not model._forward_hooks
