@@ -13,7 +13,14 @@ recomputes the masks from the current weights for the next step's schedule (cost
 and beta, see ``schedule``); at fine-tune start the masks freeze. The dual variables couple
 the layers of a budget group in the backward through a scalar node per group, created by a
 forward pre-hook on the root model while it trains with gradients enabled (see ``masking``).
-A layer called on its own, outside the root model's forward, gets its local gradient only.
+A layer called on its own, outside the root model's forward, or recomputed by activation
+checkpointing during the backward, gets its local gradient only (no coupling through the dual).
+
+Build the optimizer from ``model.parameters()`` before or after attaching: the parametrized
+weights keep their Parameter objects (now at ``<module>.parametrizations.<name>.original``).
+Call ``step()`` only between a backward and the next forward: the masks saved by a forward are
+checked by autograd, so updating them before its backward raises instead of giving a wrong
+gradient.
 """
 
 from __future__ import annotations

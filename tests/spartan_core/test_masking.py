@@ -146,9 +146,11 @@ def test_model_gradient_matches_soft_topk_and_the_formula(
 
 def test_module_classes_unchanged_and_weight_works() -> None:
     model = nn.Sequential(nn.Conv2d(2, 4, 3), nn.Flatten(), nn.Linear(4 * 3 * 3, 3))
+    weight = model[0].weight
     sparsifier = Sparsifier(model, SparsifierConfig(target=0.5, warmup_frac=0.0), total_steps=3)
     assert isinstance(model[0], nn.Conv2d) and isinstance(model[2], nn.Linear)
     assert parametrize.is_parametrized(model[0], "weight")
+    assert model[0].parametrizations.weight.original is weight  # optimizers keep working
     masks = sparsifier.mask_values()
     original = model[0].parametrizations.weight.original
     assert_close(model[0].weight, original * masks["0.weight"])
