@@ -497,14 +497,14 @@ def test_selection_recovers_from_bad_windows(
         return bad[first_window] if first_window in bad else original(*args)  # type: ignore[arg-type]
 
     calls = []
-    classify = st._classify
+    classify = st._partition
 
     def counting(*args: object) -> object:
         calls.append(args[2:])
         return classify(*args)  # type: ignore[arg-type]
 
     monkeypatch.setattr(st, "_sample_window", first_bad)
-    monkeypatch.setattr(st, "_classify", counting)
+    monkeypatch.setattr(st, "_partition", counting)
     assert hard_threshold(segments, budget) == expected
     if first_window in bad or value_kind != "ties":
         assert len(calls) >= 2  # a window moved, or the selection recursed
