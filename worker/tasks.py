@@ -35,6 +35,7 @@ from typing import Any, Literal
 
 from celery import shared_task
 from celery.signals import worker_process_init, worker_ready, worker_shutting_down
+from sqlalchemy.exc import SQLAlchemyError
 
 from spartan.settings import Settings, get_settings
 from spartan.spec import JobSpec
@@ -117,7 +118,7 @@ def _train(job: Job, *, store: JobStore, settings: Settings) -> Outcome:
     checkpoint = job_checkpoint_path(settings, job.id)
     try:
         spec = JobSpec.model_validate(job.spec)
-        with _preemption_signal(monitor):
+        with monitor, _preemption_signal(monitor):
             result = run_training(
                 spec,
                 out_dir=job_artifact_dir(settings, job.id),
@@ -176,9 +177,9 @@ def _running_elsewhere(job: Job, worker: str, settings: Settings) -> bool:
 class _JobMonitor:
     """The training hooks of a job: progress to the store, stop requests from it and SIGTERM.
 
-    Progress doubles as the heartbeat (``worker.reclaim``): besides the training loop's
-    rate-limited reports, ``stop`` (called after every step and evaluation batch) re-sends
-    the last progress when the store has not heard from the job for ``progress_interval_s``.
+    A heartbeat thread re-writes the last progress every ``progress_interval_s`` while the job
+    runs (also while the model and data are being built), so ``updated_at`` stays fresh as
+    long as the process lives; ``worker.reclaim`` re-queues jobs whose heartbeat stopped.
     """
 
     def __init__(self, *, store: JobStore, job: Job, settings: Settings) -> None:
@@ -190,26 +191,43 @@ class _JobMonitor:
         self.reason: Literal["cancel", "preempt", "abandon"] | None = None
         self.detail = ""
         self.preempt_requested = threading.Event()
-        self._last: dict[str, Any] = {}
-        self._last_write = 0.0
+        self._last: dict[str, Any] = {"phase": "starting", "attempt": job.attempts}
+        self._lock = threading.Lock()
         self._last_poll = 0.0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="spartan-heartbeat", daemon=True)
+
+    def __enter__(self) -> _JobMonitor:
+        self._write()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join(timeout=10)
 
     def progress(self, progress: dict[str, Any]) -> None:
-        self._last = {**progress, "attempt": self.attempt}
+        with self._lock:
+            self._last = {**progress, "attempt": self.attempt}
         self._write()
 
     def _write(self) -> None:
-        self._last["updated_at"] = datetime.now(UTC).isoformat()
-        self.store.update_progress(job_id=self.job_id, progress=self._last)
-        self._last_write = time.monotonic()
+        with self._lock:
+            progress = {**self._last, "updated_at": datetime.now(UTC).isoformat()}
+        self.store.update_progress(job_id=self.job_id, progress=progress)
+
+    def _beat(self) -> None:
+        while not self._done.wait(self.interval_s):
+            try:
+                self._write()
+            except SQLAlchemyError as exc:
+                log.warning("job %s: heartbeat failed (will retry): %s", self.job_id, exc)
 
     def stop(self) -> Literal["cancel", "preempt"] | None:
         if self.preempt_requested.is_set():
             self.reason = "preempt"
             return "preempt"
         now = time.monotonic()
-        if now - self._last_write >= self.interval_s and self._last:
-            self._write()
         if now - self._last_poll < self.poll_s:
             return None
         self._last_poll = now
