@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from spartan_core.blocks import BlockShape, block_grid
 from spartan_core.layers import MaskTarget
@@ -93,6 +94,32 @@ class DualGroup:
             setattr(self, key, float(values[key]))
 
 
+class Scratch:
+    """A reusable temporary buffer shared by the layers of one Sparsifier.
+
+    The backward passes and mask updates of one Sparsifier run one at a time, so one buffer
+    the size of the largest layer replaces a fresh allocation per layer and call (fresh large
+    allocations cost page faults on CPU). Not for concurrent backward passes of one model.
+    """
+
+    def __init__(self) -> None:
+        self._buffer: Tensor | None = None
+
+    def like(self, tensor: Tensor) -> Tensor:
+        """An uninitialised tensor shaped like ``tensor``, valid until the next call."""
+        n = tensor.numel()
+        buffer = self._buffer
+        if (
+            buffer is None
+            or buffer.numel() < n
+            or buffer.dtype != tensor.dtype
+            or buffer.device != tensor.device
+        ):
+            size = n if buffer is None or buffer.dtype != tensor.dtype else max(n, buffer.numel())
+            buffer = self._buffer = torch.empty(size, dtype=tensor.dtype, device=tensor.device)
+        return buffer[:n].view(tensor.shape)
+
+
 class MaskParametrization(nn.Module):
     """The parametrization of one masked weight: returns the method's forward weight.
 
@@ -111,6 +138,7 @@ class MaskParametrization(nn.Module):
         block_shape: BlockShape,
         cost: float,
         method: Method,
+        scratch: Scratch | None = None,
     ) -> None:
         super().__init__()
         rows, cols = block_grid(target, block_shape)
@@ -123,6 +151,7 @@ class MaskParametrization(nn.Module):
         self.entry_shape = self.weight_shape if self.unstructured else (rows, 1, cols, 1)
         self.n_entries = rows * cols
         self.method = method
+        self.scratch = scratch if scratch is not None else Scratch()
         self.group: DualGroup | None = None
         self.frozen = False
         self.register_buffer(
@@ -192,6 +221,7 @@ class SoftMask(torch.autograd.Function):
         return out.view(layer.weight_shape)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
         weight, soft = ctx.saved_tensors
         layer: MaskParametrization = ctx.layer
@@ -201,19 +231,19 @@ class SoftMask(torch.autograd.Function):
             return (grad * soft).view(layer.weight_shape) if want_w else None, None, None
         w = layer.blocks(weight)
         coef = ctx.slope / layer.cost
-        s = soft * soft
-        torch.sub(soft, s, out=s)  # s = m (1 - m), entry layout
-        g = grad * w  # dL/dm per weight
+        s = torch.addcmul(soft, soft, soft, value=-1.0)  # s = m (1 - m), entry layout
         grad_dual = None
         if layer.unstructured:
+            g = torch.mul(grad, w, out=layer.scratch.like(w))  # dL/dm per weight
             if want_dual:
                 grad_dual = (torch.dot(g.view(-1), s.view(-1)) * -ctx.slope).reshape(())
             if not want_w:
                 return None, grad_dual, None
             # G * m + coef * s * (G * w) * sign(w) = G * (m + coef * s * |w|)
-            torch.abs(w, out=g)
+            g = torch.abs(w, out=g)
             torch.addcmul(soft, s, g, value=coef, out=s)
             return s.mul_(grad), grad_dual, None
+        g = torch.mul(grad, w, out=layer.scratch.like(w))  # dL/dm per weight
         g = g.sum(dim=(1, 3), keepdim=True).mul_(s)  # g_j s_j, (R, 1, C, 1)
         if want_dual:
             grad_dual = (g.sum() * -ctx.slope).reshape(())
@@ -240,6 +270,7 @@ class DualNode(torch.autograd.Function):
         return weights[0].new_tensor(group.dual)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx: Any, grad_dual: Tensor) -> tuple[Tensor | None, ...]:
         layers: list[MaskParametrization] = ctx.layers
         n = len(layers)
@@ -251,8 +282,7 @@ class DualNode(torch.autograd.Function):
                 grads.append(None)
                 continue
             weight, soft = saved[i], saved[n + i]
-            s = soft * soft
-            torch.sub(soft, s, out=s)  # s = m (1 - m) >= 0, entry layout
+            s = torch.addcmul(soft, soft, soft, value=-1.0)  # s = m (1 - m) >= 0, entry layout
             w = layer.blocks(weight)
             if layer.unstructured:
                 g = torch.copysign(s, w, out=s)  # s * sign(w), up to the sign of zeros

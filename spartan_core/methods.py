@@ -143,15 +143,18 @@ class Spartan(Method):
         budget = fraction * total_cost
         threshold = topk.hard_threshold(segments, budget, init=_warm(group.threshold))
         dual, iterations = topk.solve_dual(segments, budget, slope, init=_warm(group.dual))
-        offset = layers[0].soft.new_tensor(-slope * dual)
+        # m = sigmoid(b (u - lam)) = (1 + tanh(b (u - lam) / 2)) / 2: tanh is the faster kernel
+        offset = layers[0].soft.new_tensor(-0.5 * slope * dual)
+        half = layers[0].soft.new_tensor(0.5)
         s_cost = 0.0
         for layer in layers:
             soft = layer.soft
             torch.ge(soft, threshold, out=layer.hard)
-            torch.add(offset, soft, alpha=slope, out=soft).sigmoid_()  # sigmoid(b * (u - lam))
-            flat = soft.view(-1)
+            torch.add(offset, soft, alpha=0.5 * slope, out=soft).tanh_()
+            torch.add(half, soft, alpha=0.5, out=soft)
             # sum of m (1 - m): every term is >= 0, so no cancellation when m saturates
-            s_cost += layer.cost * float(torch.dot(flat, torch.rsub(flat, 1.0)))
+            s = torch.addcmul(soft, soft, soft, value=-1.0, out=layer.scratch.like(soft))
+            s_cost += layer.cost * float(s.sum())
         group.fraction, group.beta, group.scale = fraction, beta, scale
         group.dual, group.threshold = float(dual), float(threshold)
         group.s_cost, group.iterations = s_cost, int(iterations)

@@ -39,7 +39,7 @@ from spartan_core.config import SparsifierConfig, resolve_cost_model
 from spartan_core.costs import CostModel, LayerCost
 from spartan_core.distribution import LayerInfo, get_distribution
 from spartan_core.layers import MaskTarget, find_targets, get_submodule, maskable_targets
-from spartan_core.masking import DualGroup, MaskParametrization
+from spartan_core.masking import DualGroup, MaskParametrization, Scratch
 from spartan_core.methods import get_method
 from spartan_core.schedule import beta_at, cost_fraction_at, freeze_step, warmup_steps
 
@@ -101,6 +101,7 @@ class Sparsifier:
         ]
 
         self.layers: list[MaskParametrization] = []
+        self._scratch = Scratch()
         self._groups: dict[tuple[int, ...], DualGroup] = {}
         self._step = 0
         self._frozen = False
@@ -388,7 +389,7 @@ class Sparsifier:
             weight = getattr(module, target.param_name)
             per_entry = costs[target.name].per_entry
             layer = MaskParametrization(
-                target, weight, self.config.block_shape, per_entry, self.method
+                target, weight, self.config.block_shape, per_entry, self.method, self._scratch
             )
             layer.group = DualGroup([layer])  # placeholder until the first update
             parametrize.register_parametrization(module, target.param_name, layer)
