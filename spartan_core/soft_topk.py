@@ -13,32 +13,33 @@ tied at the threshold, usually one entry). A relative slack of 1e-10 on k absorb
 
 Solvers (both linear in n, no full sort):
 
-- ``hard_threshold`` is an exact selection. One pass classifies every entry against a window
-  of unit values using integer operations on the IEEE bit patterns (non-negative floats order
-  like their bit patterns), counts the cost above and inside the window, and extracts only the
-  entries inside it; those few are sorted to place the threshold exactly. The window comes
+- ``hard_threshold`` is an exact selection. One pass keys every entry against a window of unit
+  values with integer operations on the IEEE bit patterns (non-negative floats order like
+  their bit patterns): -1 below, 0 inside, 1 above. The key sum and a blockwise product (zero
+  only for blocks holding an inside entry) give the cost above the window and locate the few
+  entries inside it, which are then sorted to place the threshold exactly. The window comes
   from the previous threshold when warm-started (about +-0.1% around it) and otherwise from a
-  strided sample of about 16 sqrt(n) entries. If the threshold is outside the window the
-  window moves (a sample-based window when the warm one missed, else a wider one); if the
-  window holds too many entries the selection recurses into them. Typically one pass warm and
-  one pass plus a sample sort cold.
+  strided sample of about 16 sqrt(n) entries (2.5 standard errors of the rank either side).
+  If the threshold lies outside the window the window moves (a sample-based one when the warm
+  one missed, else a wider one); if the window holds too many entries the selection recurses
+  into them. Typically one pass warm, one pass plus a small sample sort cold.
 - ``solve_dual`` runs safeguarded Newton on lam (g'(lam) = -beta * sum_i c_i m_i (1 - m_i))
   inside the exact bracket [min u - logit(f) / beta, max u - logit(f) / beta], f = k / sum c,
-  with bisection whenever a Newton step leaves it. Each pass computes T = tanh(beta (u - lam) / 2)
-  (then m = (1 + T) / 2 and m (1 - m) = (1 - T^2) / 4) and two reductions, accurate ones in
-  float64 (float32 partial sums over chunks of 4096 entries). A final Newton step is accepted
-  without a verification pass when a Taylor bound already guarantees the tolerance.
-  Warm-started from the previous step's lam: typically 1-2 passes; cold: from a dual solved on
-  the sample, typically 3-4.
+  bisecting whenever a Newton step leaves the bracket or fails to halve |g|. One pass per
+  iteration computes m and the sums of c m and c m^2; the budget sum is accurate (float32
+  partial sums over chunks, then float64), the slope needs only the input precision. A final
+  Newton step is accepted without a verification pass when a Taylor bound already guarantees
+  the tolerance. Warm-started from the previous step's lam it needs 1-2 passes; cold it starts
+  from a dual solved on the sample and needs about 3.
 
 Segments: the Sparsifier keeps one budget over many layers. Functions taking ``segments``
 accept a list of ``(unit_values, cost)`` pairs, one per layer, where ``cost`` is a python float
 shared by the whole segment or a tensor of per-entry costs; segments are never concatenated.
 
-Numerics: tanh saturates to exactly +-1, so beta up to 1e4 and values over 1e-8..1e3 give no inf
-or NaN. For ``budget == sum of costs`` every entry is kept, ``dual`` is ``-inf`` and the mask is
-all ones (its gradient is zero). Costs with float32 per-entry tensors are accumulated with
-float32 partial sums (about 1e-7 relative), so the float32 hard threshold can differ from an
+Numerics: sigmoid saturates to exactly 0 or 1, so beta up to 1e4 and values over 1e-8..1e3 give
+no inf or NaN. For ``budget == sum of costs`` every entry is kept, ``dual`` is ``-inf`` and the
+mask is all ones (its gradient is zero). Costs with float32 per-entry tensors are accumulated
+with float32 partial sums (about 1e-6 relative), so the float32 hard threshold can differ from an
 exact float64 computation when the budget falls that close to a cumulative-cost step; unit and
 per-segment costs are counted exactly. float16 and bfloat16 inputs are computed in float32.
 """
@@ -60,6 +61,7 @@ logger = logging.getLogger(__name__)
 Segments = Sequence[tuple[Tensor, float | Tensor]]
 
 _CHUNK = 4096  # entries per float32 partial sum before accumulating in float64
+_DOT_CHUNK = 1 << 16  # entries per float32 dot product before accumulating in float64
 _REACH_SLACK = 1e-10  # relative slack on the budget when deciding that it is reached
 _FULL_BUDGET = 1e-12  # budget within this relative distance of sum(c) keeps everything
 _DEFAULT_TOL = {torch.float64: 1e-10, torch.float32: 1e-6}
@@ -68,7 +70,7 @@ _INF_BITS = {torch.float32: 0x7F800000, torch.float64: 0x7FF0000000000000}
 _STRUCT = {torch.float32: ("<f", "<i"), torch.float64: ("<d", "<q")}
 # warm window: 2**p bit patterns around the previous threshold, about +-0.1% of it
 _WARM_BITS = {torch.float32: 14, torch.float64: 43}
-_MIN_SAMPLE, _MAX_SAMPLE = 2048, 65536
+_MIN_SAMPLE, _MAX_SAMPLE = 2048, 1 << 17
 _SORT_MIN = 2048  # a window of at most max(_SORT_MIN, n / 256) entries is sorted directly
 # derivative rounding allowance per entry for the skip-verification bound
 _D_SLACK = {torch.float64: 1e-12, torch.float32: 3e-5}
@@ -132,19 +134,19 @@ def _sum64(x: Tensor) -> Tensor:
 
 
 def _dot64(a: Tensor, b: Tensor) -> Tensor:
-    """Accurate dot product of two 1-D tensors as a 0-d float64 tensor."""
+    """Accurate dot product of two 1-D tensors as a 0-d float64 tensor.
+
+    float32 inputs: float32 dot products over chunks of 2**16 entries, summed in float64.
+    """
     if a.dtype == torch.float64:
         return torch.dot(a, b)
     n = a.numel()
-    body = n - n % _CHUNK
-    if body:
-        partial = torch.linalg.vecdot(a[:body].view(-1, _CHUNK), b[:body].view(-1, _CHUNK))
-        total = partial.double().sum()
-    else:
-        total = a.new_zeros((), dtype=torch.float64)
-    if body < n:
-        total = total + torch.dot(a[body:].double(), b[body:].double())
-    return total
+    if n <= _DOT_CHUNK:
+        return torch.dot(a, b).double()
+    parts = [
+        torch.dot(a[i : i + _DOT_CHUNK], b[i : i + _DOT_CHUNK]) for i in range(0, n, _DOT_CHUNK)
+    ]
+    return torch.stack(parts).double().sum()
 
 
 def _dot_fast(a: Tensor, b: Tensor) -> Tensor:
@@ -361,7 +363,7 @@ def _sample_window(
     cum = torch.cumsum(weights, 0)
     i = min(int((cum < reach).sum()), size - 1)  # first sample where the budget is reached
     f = min(max(reach / total, 0.0), 1.0)
-    margin = int(4 * math.sqrt(size * f * (1 - f))) + 4  # a few standard errors of the rank
+    margin = int(2.5 * math.sqrt(size * f * (1 - f))) + 4  # standard errors of the rank
     lo_bits = 0 if i + margin >= size else _to_bits(float(values[i + margin]), dtype)
     hi_bits = (
         _INF_BITS[dtype] if i - margin <= 0 else _to_bits(float(values[i - margin]), dtype) + 1
@@ -369,21 +371,24 @@ def _sample_window(
     return lo_bits, max(0, (hi_bits - lo_bits - 1).bit_length())
 
 
-_BLOCK = 64  # entries per block when locating the few keys inside a window
+_BLOCK = 32  # entries per block when locating the few keys inside a window
 
 
 def _inside_indices(key: Tensor) -> Tensor:
     """Indices of the zero entries of a key in {-1, 0, 1}, without scanning it entry by entry.
 
     A block's product of keys is 0 exactly when it holds a zero, so one reduction over blocks
-    of 64 locates the (few) blocks to search.
+    of 32 locates the (few) blocks to search; when many blocks hold zeros a direct scan is
+    cheaper.
     """
     n = key.numel()
     body = n - n % _BLOCK
     found = []
     if body:
-        products = key[:body].view(-1, _BLOCK).prod(1, dtype=key.dtype)  # (n / 64,)
+        products = key[:body].view(-1, _BLOCK).prod(1, dtype=key.dtype)  # (n / 32,)
         blocks = torch.nonzero(products == 0).view(-1)
+        if blocks.numel() * _BLOCK * 8 > n:
+            return torch.nonzero(key == 0).view(-1)
         if blocks.numel():
             offsets = torch.arange(_BLOCK, device=key.device)
             candidates = (blocks[:, None] * _BLOCK + offsets).view(-1)
@@ -394,6 +399,19 @@ def _inside_indices(key: Tensor) -> Tensor:
     if not found:
         return torch.empty(0, dtype=torch.long, device=key.device)
     return torch.cat(found)
+
+
+def _cost_above(cost: Tensor, key: Tensor) -> Tensor:
+    """sum of ``cost`` where ``key == 1`` (key in {-1, 0, 1}), in cache-sized chunks."""
+    n = key.numel()
+    buf = torch.empty(min(n, _PRODUCT_CHUNK), dtype=cost.dtype, device=cost.device)
+    parts = []
+    for start in range(0, n, _PRODUCT_CHUNK):
+        stop = min(n, start + _PRODUCT_CHUNK)
+        part = buf[: stop - start]
+        part.copy_(key[start:stop]).clamp_(min=0)  # 1 above, 0 elsewhere
+        parts.append(torch.dot(part, cost[start:stop]))
+    return torch.stack(parts).double().sum()
 
 
 @dataclass
@@ -425,8 +443,7 @@ def _partition(segs: list[_Segment], keys: list[Tensor], start: int, log_width: 
         if seg.cost is None:
             balances.append(key.sum(dtype=key.dtype).double() * seg.scalar_cost)
         else:
-            above = torch.clamp(key, min=0).to(seg.u.dtype)  # (n_j,) 1 above, 0 elsewhere
-            balances.append(_dot64(seg.cost, above))
+            balances.append(_cost_above(seg.cost, key))
         idx = _inside_indices(key)
         values.append(seg.u[idx])
         costs.append(
@@ -751,29 +768,47 @@ class SoftTopKFunction(torch.autograd.Function):
         _grad_stats: Tensor | None,
     ) -> tuple[Tensor | None, ...]:
         mask, cost = ctx.saved_tensors
-        beta: float = ctx.beta
-        g = grad_mask.contiguous()
-        grad = torch.addcmul(mask, mask, mask, value=-1.0)  # (n,) s = m (1 - m)
-        if cost is None:
-            c = ctx.scalar_cost
-            # the correction term needs ~1e-5 relative accuracy at most: a fast dot suffices
-            gs, ss = torch.stack((_dot_fast(g, grad), _sum64(grad))).tolist()
-            ratio = gs / ss if ss > 0 else 0.0  # c * (sum g s / sum c s)
-            scale = beta / c
-            if ratio == 0.0:
-                return grad.mul_(g).mul_(scale), None, None, None, None, None, None, None
-            # s (g - ratio) * scale = (-ratio * scale) * s * (1 - g / ratio)
-            if abs(ratio) > 1e-20:
-                grad.addcmul_(grad, g, value=-1.0 / ratio).mul_(-ratio * scale)
-            else:
-                grad.mul_(torch.sub(g, ratio)).mul_(scale)
-            return grad, None, None, None, None, None, None, None
-        gs, cs = torch.stack((_dot64(g, grad), _dot64(cost, grad))).tolist()
-        ratio = gs / cs if cs > 0 else 0.0
-        # beta * s * (g / c - ratio) = beta * s * (g - ratio * c) / c
-        direction = torch.add(g, cost, alpha=-ratio).div_(cost)
-        grad.mul_(direction).mul_(beta)
+        grad = _implicit_backward(grad_mask.contiguous(), mask, cost, ctx.scalar_cost, ctx.beta)
         return grad, None, None, None, None, None, None, None
+
+
+def _implicit_backward(
+    g: Tensor, m: Tensor, cost: Tensor | None, scalar_cost: float | None, beta: float
+) -> Tensor:
+    """dL/dv = beta * s * (g / c - sum g s / sum c s), s = m (1 - m), in two chunked passes.
+
+    s is recomputed per cache-sized chunk instead of being stored, so the only full-size
+    write is the gradient itself.
+    """
+    n = m.numel()
+    chunk = min(n, _PRODUCT_CHUNK)
+    s = torch.empty(chunk, dtype=m.dtype, device=m.device)
+    parts = []
+    for start in range(0, n, _PRODUCT_CHUNK):
+        stop = min(n, start + _PRODUCT_CHUNK)
+        m_part, s_part = m[start:stop], s[: stop - start]
+        torch.addcmul(m_part, m_part, m_part, value=-1.0, out=s_part)  # m (1 - m)
+        c_s = _sum64(s_part) if cost is None else torch.dot(cost[start:stop], s_part)
+        parts.append(torch.stack((torch.dot(g[start:stop], s_part).double(), c_s.double())))
+    gs, cs = torch.stack(parts).sum(0).tolist()
+    if cost is None:
+        assert scalar_cost is not None
+        cs *= scalar_cost
+    ratio = gs / cs if cs > 0 else 0.0
+    out = torch.empty_like(m)
+    for start in range(0, n, _PRODUCT_CHUNK):
+        stop = min(n, start + _PRODUCT_CHUNK)
+        m_part, s_part, o = m[start:stop], s[: stop - start], out[start:stop]
+        torch.addcmul(m_part, m_part, m_part, value=-1.0, out=s_part)
+        if cost is None:
+            # beta * s * (g / c - ratio) = (beta / c) * s * (g - c * ratio)
+            torch.sub(g[start:stop], scalar_cost * ratio, out=o)
+            o.mul_(s_part).mul_(beta / scalar_cost)
+        else:
+            c = cost[start:stop]
+            torch.div(g[start:stop], c, out=o)
+            o.sub_(ratio).mul_(s_part).mul_(beta)
+    return out
 
 
 def soft_topk(
