@@ -107,7 +107,9 @@ def find_targets(
     """
     predicate = layer_predicate(include, exclude)
     modules = dict(model.named_modules())
-    targets = [t for t in maskable_targets(model) if predicate(t.module_name, modules[t.module_name])]
+    targets = [
+        t for t in maskable_targets(model) if predicate(t.module_name, modules[t.module_name])
+    ]
     if not targets:
         raise ValueError(
             f"model: no maskable layer (Linear, Conv2d, MultiheadAttention) selected "
