@@ -46,12 +46,16 @@ EXPENSIVE_LAYERS = ("conv2", "conv3")  # one table each: that layer costs 10x pe
 COST_KINDS = ("params budget", "cost budget", "cost budget, matched")
 COST_SPARSITY = 0.95
 ABLATION_SPARSITY = 0.98
+# (model, block) columns of the ablation; mlp16 masks every layer, its head included
+ABLATION_COLUMNS = (("mlp", 1), ("mlp", 4), ("mlp16", 4), ("cnn", 1), ("cnn", 4))
 # name -> (method, extra SparsifierConfig fields), what each ablation row changes
 ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
     "magnitude": ("magnitude", {}),
     "topkast": ("topkast", {}),
     "spartan (defaults)": ("spartan", {}),
     "spartan, raw beta (value_scale=none, published)": ("spartan", {"value_scale": "none"}),
+    "spartan, beta_init=3": ("spartan", {"beta_init": 3.0}),
+    "spartan, beta_init=10": ("spartan", {"beta_init": 10.0}),
     "spartan, beta_max=1": ("spartan", {"beta_max": 1.0}),
     "spartan, beta_max=3": ("spartan", {"beta_max": 3.0}),
     "spartan, beta_max=30": ("spartan", {"beta_max": 30.0}),
@@ -69,10 +73,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--ablation", action="store_true", help="run the ablation instead")
     parser.add_argument("--seeds", type=int, default=None, help="number of seeds (default 3)")
     parser.add_argument("--epochs", type=int, default=Budget().epochs)
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=None,
+        help="ablation only: the models of the columns to run (default all)",
+    )
     parser.add_argument("--workers", type=int, default=2, help="processes (one thread each)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs", help="output folder")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("spartan_core").setLevel(logging.WARNING)  # per-run schedule messages
     if args.workers < 1:
         parser.error("--workers: expected at least 1")
     seeds = list(range(args.seeds if args.seeds is not None else (1 if args.quick else 3)))
@@ -85,11 +96,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     start = time.perf_counter()
 
     if args.ablation:
-        results = run_all(ablation_specs(seeds, budget), args.workers)
+        columns = [c for c in ABLATION_COLUMNS if args.models is None or c[0] in args.models]
+        results = run_all(ablation_specs(seeds, budget, columns), args.workers)
         elapsed = time.perf_counter() - start
-        text = ablation_markdown(results, seeds, budget, command, elapsed, load_before)
+        suffix = "" if args.models is None else "_" + "_".join(args.models)
+        (args.out / f"accuracy_ablation{suffix}.json").write_text(json.dumps(results, indent=1))
+        merged = {}
+        for part in sorted(args.out.glob("accuracy_ablation*.json")):
+            for r in json.loads(part.read_text()):
+                merged[(r["label"], r["model"], r["block"], r["seed"])] = r
+        text = ablation_markdown(
+            list(merged.values()), seeds, budget, command, elapsed, load_before
+        )
         (args.out / "accuracy_ablation.md").write_text(text)
-        (args.out / "accuracy_ablation.json").write_text(json.dumps(results, indent=1))
         log.info("wrote %s in %.0f s", args.out / "accuracy_ablation.md", elapsed)
         return
 
@@ -191,25 +210,26 @@ def _cost_target(table: dict[str, Any], masked_fraction: float) -> float:
     return (masked_fraction * masked_cost + total - masked_cost) / total
 
 
-def ablation_specs(seeds: Iterable[int], budget: Budget) -> list[RunSpec]:
-    """Every ablation row at ABLATION_SPARSITY, both models and structures."""
+def ablation_specs(
+    seeds: Iterable[int], budget: Budget, columns: Sequence[tuple[str, int]]
+) -> list[RunSpec]:
+    """Every ablation row at ABLATION_SPARSITY for each (model, block) column."""
     specs = []
-    for model in MODELS:
-        for block in BLOCKS:
-            for seed in seeds:
-                for label, (method, options) in ABLATIONS.items():
-                    specs.append(
-                        RunSpec(
-                            model,
-                            method,
-                            ABLATION_SPARSITY,
-                            block,
-                            seed,
-                            budget,
-                            options=options,
-                            label=label,
-                        )
+    for model, block in columns:
+        for seed in seeds:
+            for label, (method, options) in ABLATIONS.items():
+                specs.append(
+                    RunSpec(
+                        model,
+                        method,
+                        ABLATION_SPARSITY,
+                        block,
+                        seed,
+                        budget,
+                        options=options,
+                        label=label,
                     )
+                )
     return specs
 
 
@@ -458,37 +478,62 @@ def ablation_markdown(
     elapsed: float,
     load_before: float,
 ) -> str:
-    """docs/accuracy_ablation.md: each ablation row for each model and structure."""
+    """docs/accuracy_ablation.md: each ablation row for each (model, structure) column."""
     cells: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for r in results:
         cells[(r["label"], r["model"], r["block"])].append(r)
-    columns = [(m, b) for m in MODELS for b in BLOCKS]
-    header = " | ".join(f"{m} {'unstructured' if b == 1 else f'{b}x{b}'}" for m, b in columns)
+    columns = [c for c in ABLATION_COLUMNS if any((lb, *c) in cells for lb in ABLATIONS)]
+    header = " | ".join(
+        f"{m} {'unstructured' if b == 1 else f'{b}x{b}'}{' (all layers)' if m == 'mlp16' else ''}"
+        for m, b in columns
+    )
     lines = [
         "# Accuracy ablation: what Spartan's accuracy depends on",
         "",
         "Generated by `benchmarks/accuracy.py --ablation`; do not edit by hand.",
         "",
-        f"- command: `{command.strip()}`",
-        f"- wall time: {elapsed / 60:.1f} min for {len(results)} training runs",
+        f"- command: `{command.strip()}` (columns may come from several invocations with "
+        "`--models`; their raw runs are merged from `accuracy_ablation*.json`)",
+        f"- wall time of the last invocation: {elapsed / 60:.1f} min; {len(results)} training "
+        "runs in all",
         f"- machine: {_machine(load_before)}",
-        f"- {len(seeds)} seeds; validation top-1 in %, mean ± standard deviation; "
-        f"{100 * ABLATION_SPARSITY:.0f}% sparsity of the masked layers; the training budget "
-        f"of docs/accuracy.md ({budget.epochs} epochs). Each row changes one thing from the "
-        "library defaults (beta 1 -> 10, x sqrt(16) for 4x4 blocks, value_scale mean, "
-        "warm-up 0.2, fine-tune 0.2, frozen mask m * h). The last column of each cell pair is "
-        "the mean multiplier the frozen mask applies to the kept weights.",
+        f"- {len(seeds)} seeds; {100 * ABLATION_SPARSITY:.0f}% sparsity of the masked layers; "
+        f"the training budget of docs/accuracy.md ({budget.epochs} epochs). Each row changes "
+        "one thing from the library defaults (beta 1 -> 10 geometric, x sqrt(16) for 4x4 "
+        'blocks, `value_scale="mean"`, warm-up 0.2, fine-tune 0.2, frozen mask m * h). '
+        "`mlp16 4x4 (all layers)` masks every layer of the MLP, its head included (16 outputs, "
+        "6 unused, so that 4x4 blocks tile it).",
         "",
-        f"| variant | {header} | kept-weight scale (cnn 1x1) |",
-        "|---|" + "---|" * len(columns) + "---|",
+        "Validation top-1 (%), mean ± standard deviation over seeds:",
+        "",
+        f"| variant | {header} |",
+        "|---|" + "---|" * len(columns),
     ]
     for label in ABLATIONS:
         row = [label]
         for m, b in columns:
             group = cells.get((label, m, b), [])
             row.append(_cell([r["accuracy"] for r in group]) if group else "-")
-        scale = cells.get((label, "cnn", 1), [])
-        row.append(f"{statistics.fmean(r['kept_scale'] for r in scale):.3f}" if scale else "-")
+        lines.append("| " + " | ".join(row) + " |")
+    lines += [
+        "",
+        "Mean multiplier the mask applies to the kept weights (the soft mask m on the entries "
+        "the hard mask keeps; 1 for the hard methods) at the end of the warm-up, when the "
+        "target fraction is first reached / final training loss (last epoch):",
+        "",
+        f"| variant | {header} |",
+        "|---|" + "---|" * len(columns),
+    ]
+    for label in ABLATIONS:
+        row = [label]
+        for m, b in columns:
+            group = cells.get((label, m, b), [])
+            if not group:
+                row.append("-")
+                continue
+            scale = statistics.fmean(r["warmup_kept_scale"] for r in group)
+            loss = statistics.fmean(r["final_train_loss"] for r in group)
+            row.append(f"{scale:.3f} / {loss:.3f}")
         lines.append("| " + " | ".join(row) + " |")
     lines.append("")
     return "\n".join(lines) + "\n"
