@@ -55,6 +55,7 @@ class DualGroup:
         s_cost: sum_i c_i m_i (1 - m_i) over the group, the denominator of Lambda.
         iterations: solver iterations of the last dual solve.
         node: the dual node of the forward pass in progress, or None.
+        pending: where that forward's layers leave their local gradients for the node.
     """
 
     def __init__(self, layers: Sequence[MaskParametrization]) -> None:
@@ -67,6 +68,7 @@ class DualGroup:
         self.s_cost = 0.0
         self.iterations = 0
         self.node: Tensor | None = None
+        self.pending: PendingGrads | None = None
 
     @property
     def slope(self) -> float:
@@ -197,6 +199,28 @@ def masked_product(weight: Tensor, mask: Tensor, layer: MaskParametrization) -> 
     return (layer.blocks(weight) * mask).view(layer.weight_shape)
 
 
+class PendingGrads:
+    """Local weight gradients that the layers of a group hand to its DualNode (one forward).
+
+    When a layer is coupled, its ``SoftMask`` backward does not return its local gradient to
+    autograd but leaves it here; the group's ``DualNode`` backward, which autograd runs after
+    every ``SoftMask`` of the group, adds the dual term into it in place and returns the sum.
+    This saves a full-size gradient per layer and autograd's addition of the two.
+    """
+
+    def __init__(self) -> None:
+        self.grads: dict[int, Tensor] = {}
+
+    def add(self, index: int, grad: Tensor) -> None:
+        if index in self.grads:  # the layer ran twice in one forward
+            self.grads[index].add_(grad)
+        else:
+            self.grads[index] = grad
+
+    def pop(self, index: int) -> Tensor | None:
+        return self.grads.pop(index, None)
+
+
 class SoftMask(torch.autograd.Function):
     """w -> (w * m) * h with Spartan's gradient (see the module docstring).
 
@@ -217,6 +241,8 @@ class SoftMask(torch.autograd.Function):
         out.mul_(hard.view(torch.uint8))
         ctx.layer = layer
         ctx.coupled, ctx.slope = group.coupled, group.slope
+        ctx.pending = group.pending if dual is not None else None
+        ctx.index = group.layers.index(layer) if ctx.pending is not None else -1
         ctx.save_for_backward(weight, soft)
         return out.view(layer.weight_shape)
 
@@ -241,30 +267,36 @@ class SoftMask(torch.autograd.Function):
                 return None, grad_dual, None
             # G * m + coef * s * (G * w) * sign(w) = G * (m + coef * s * |w|)
             g = torch.abs(w, out=g)
-            torch.addcmul(soft, s, g, value=coef, out=s)
-            return s.mul_(grad), grad_dual, None
-        g = torch.mul(grad, w, out=layer.scratch.like(w))  # dL/dm per weight
-        g = g.sum(dim=(1, 3), keepdim=True).mul_(s)  # g_j s_j, (R, 1, C, 1)
-        if want_dual:
-            grad_dual = (g.sum() * -ctx.slope).reshape(())
-        if not want_w:
+            grad_w = torch.addcmul(soft, s, g, value=coef, out=s).mul_(grad)
+        else:
+            g = torch.mul(grad, w, out=layer.scratch.like(w))  # dL/dm per weight
+            g = g.sum(dim=(1, 3), keepdim=True).mul_(s)  # g_j s_j, (R, 1, C, 1)
+            if want_dual:
+                grad_dual = (g.sum() * -ctx.slope).reshape(())
+            if not want_w:
+                return None, grad_dual, None
+            grad_w = grad * soft  # h is the identity in the backward
+            grad_w.addcmul_(torch.sign(w), g, value=coef)
+        grad_w = grad_w.view(layer.weight_shape)
+        if grad_dual is not None and ctx.pending is not None:
+            ctx.pending.add(ctx.index, grad_w)  # the DualNode completes and returns it
             return None, grad_dual, None
-        grad_w = grad * soft  # h is the identity in the backward
-        grad_w.addcmul_(torch.sign(w), g, value=coef)
-        return grad_w.view(layer.weight_shape), grad_dual, None
+        return grad_w, grad_dual, None
 
 
 class DualNode(torch.autograd.Function):
     """A scalar graph node with value lam that depends on every weight of a group.
 
     Backward: dL/dw_j = dL/dlam * s_j / (sum_i c_i s_i) * sign(w_j), from implicit
-    differentiation of sum_i c_i sigmoid(b * (u_i - lam)) = budget.
+    differentiation of sum_i c_i sigmoid(b * (u_i - lam)) = budget, added to the local
+    gradients the layers left in ``pending``.
     """
 
     @staticmethod
-    def forward(ctx: Any, group: DualGroup, *weights: Tensor) -> Tensor:
+    def forward(ctx: Any, group: DualGroup, pending: PendingGrads, *weights: Tensor) -> Tensor:
         softs = [layer.soft for layer in group.layers]
         ctx.layers = list(group.layers)
+        ctx.pending = pending
         ctx.s_cost = group.s_cost
         ctx.save_for_backward(*weights, *softs)
         return weights[0].new_tensor(group.dual)
@@ -273,23 +305,30 @@ class DualNode(torch.autograd.Function):
     @once_differentiable
     def backward(ctx: Any, grad_dual: Tensor) -> tuple[Tensor | None, ...]:
         layers: list[MaskParametrization] = ctx.layers
+        pending: PendingGrads = ctx.pending
         n = len(layers)
         saved = ctx.saved_tensors
-        coef = grad_dual / ctx.s_cost
+        coef = float(grad_dual) / ctx.s_cost
         grads: list[Tensor | None] = []
         for i, layer in enumerate(layers):
-            if not ctx.needs_input_grad[1 + i]:
+            local = pending.pop(i)
+            if not ctx.needs_input_grad[2 + i]:
                 grads.append(None)
                 continue
             weight, soft = saved[i], saved[n + i]
-            s = torch.addcmul(soft, soft, soft, value=-1.0)  # s = m (1 - m) >= 0, entry layout
             w = layer.blocks(weight)
             if layer.unstructured:
-                g = torch.copysign(s, w, out=s)  # s * sign(w), up to the sign of zeros
+                s = torch.addcmul(soft, soft, soft, value=-1.0, out=layer.scratch.like(soft))
+                d = torch.copysign(s, w, out=s)  # s * sign(w), up to the sign of zeros
             else:
-                g = torch.copysign(s.expand(layer.blocked_shape), w)
-            grads.append(g.mul_(coef).view(layer.weight_shape))
-        return (None, *grads)
+                s = torch.addcmul(soft, soft, soft, value=-1.0)  # (R, 1, C, 1)
+                d = torch.copysign(s.expand(layer.blocked_shape), w, out=layer.scratch.like(w))
+            if local is None:
+                grads.append(d.mul(coef).view(layer.weight_shape))
+            else:
+                layer.blocks(local).add_(d, alpha=coef)
+                grads.append(local)
+        return (None, None, *grads)
 
 
 class StraightThrough(torch.autograd.Function):

@@ -27,6 +27,7 @@ from spartan_core.masking import (
     DualGroup,
     DualNode,
     MaskParametrization,
+    PendingGrads,
     SoftMask,
     StraightThrough,
     masked_product,
@@ -173,7 +174,8 @@ class Spartan(Method):
     def dual_node(self, group: DualGroup, weights: Sequence[Tensor]) -> Tensor | None:
         if not group.coupled or any(layer.frozen for layer in group.layers):
             return None
-        return DualNode.apply(group, *weights)
+        group.pending = PendingGrads()
+        return DualNode.apply(group, group.pending, *weights)
 
 
 class _HardMethod(Method):

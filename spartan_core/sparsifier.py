@@ -206,7 +206,7 @@ class Sparsifier:
         self._check_live()
         with torch.no_grad():
             for group in self._groups.values():
-                group.node = None
+                group.node = group.pending = None
             for index, layer in enumerate(self.layers):
                 original = self._original(index)
                 original.copy_(self.method.forward(original, layer))
@@ -464,6 +464,7 @@ class Sparsifier:
     def _before_forward(self, module: nn.Module, args: Any) -> None:
         enabled = torch.is_grad_enabled() and module.training and not self._frozen
         for key, group in self._groups.items():
+            group.pending = None
             group.node = (
                 self.method.dual_node(group, [self._original(i) for i in key]) if enabled else None
             )
@@ -471,6 +472,7 @@ class Sparsifier:
     def _after_forward(self, module: nn.Module, args: Any, output: Any) -> None:
         for group in self._groups.values():
             group.node = None
+            group.pending = None
 
     def _check_live(self) -> None:
         if self._finalized:

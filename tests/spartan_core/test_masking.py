@@ -14,7 +14,7 @@ from spartan_core import Sparsifier, SparsifierConfig, soft_topk
 from spartan_core.blocks import BlockShape
 from spartan_core.costs import LayerCost
 from spartan_core.layers import MaskTarget
-from spartan_core.masking import DualNode, SoftMask
+from spartan_core.masking import DualNode, PendingGrads, SoftMask
 
 
 class TwoPrices:
@@ -66,7 +66,8 @@ def test_gradcheck_of_the_coupled_chain(block_shape: BlockShape, cost_model: obj
         )
         for layer in layers:
             layer.hard.fill_(True)
-        node = DualNode.apply(group, w1, w2)
+        group.pending = PendingGrads()
+        node = DualNode.apply(group, group.pending, w1, w2)
         return tuple(
             SoftMask.apply(w, node, layer) for w, layer in zip((w1, w2), layers, strict=True)
         )
@@ -304,3 +305,36 @@ def test_a_failing_first_update_leaves_the_model_unmasked() -> None:
         Sparsifier(model, _config(), total_steps=3)
     assert all(not parametrize.is_parametrized(m) for m in model)
     assert not model._forward_pre_hooks and not model._forward_hooks
+
+
+class Twice(nn.Module):
+    """Calls its first layer twice, so two SoftMask nodes of one layer share a dual node."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = nn.Linear(4, 4)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.tanh(self.inner(torch.tanh(self.inner(x)))))
+
+
+def test_handing_local_gradients_to_the_dual_node_changes_nothing() -> None:
+    """The in-place hand-over (PendingGrads) equals autograd adding the two gradients."""
+    grads = []
+    x = torch.randn(5, 4, dtype=torch.float64)
+    for hand_over in (True, False):
+        torch.manual_seed(0)
+        model = Twice().double()
+        sparsifier = Sparsifier(model, _config(), total_steps=10)
+        (group,) = sparsifier._groups.values()
+        if not hand_over:
+
+            def drop_pending(module: nn.Module, args: object, group: object = group) -> None:
+                group.pending = None  # type: ignore[attr-defined]  # SoftMask then returns its gradient to autograd
+
+            model.inner.register_forward_pre_hook(drop_pending)
+        model(x).sin().sum().backward()
+        grads.append([sparsifier._original(i).grad.clone() for i in range(2)])
+    for a, b in zip(*grads, strict=True):
+        assert_close(a, b, rtol=1e-12, atol=1e-14)
