@@ -153,7 +153,8 @@ class RunSpec:
     options: dict[str, Any] = field(default_factory=dict)  # extra SparsifierConfig fields
     cost_table: dict[str, Any] | None = None  # a latency table to price the result with
     cost_target: float | None = None  # train under cost_table to this kept cost fraction
-    label: str = ""
+    label: str = ""  # non-empty for the cost demonstration and the ablation
+    column: str = ""  # the grid column, when not the method's name (a variant of it)
 
 
 def masked_names(model: nn.Module, model_name: str) -> list[str]:

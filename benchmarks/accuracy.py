@@ -39,6 +39,14 @@ log = logging.getLogger("accuracy")
 
 ROOT = Path(__file__).resolve().parent.parent
 METHODS = ("magnitude", "topkast", "spartan")
+# grid columns: name -> (method, extra SparsifierConfig fields); the last is a candidate default
+COLUMNS: dict[str, tuple[str, dict[str, Any]]] = {
+    "magnitude": ("magnitude", {}),
+    "topkast": ("topkast", {}),
+    "spartan": ("spartan", {}),
+    "spartan, beta_init=10": ("spartan", {"beta_init": 10.0}),
+}
+SPARTANS = ("spartan", "spartan, beta_init=10")
 SPARSITIES = (0.9, 0.95, 0.98)
 BLOCKS = (1, 4)
 MODELS = ("cnn", "mlp")
@@ -139,8 +147,19 @@ def grid_specs(seeds: Iterable[int], budget: Budget) -> list[RunSpec]:
             specs.append(RunSpec(model, "dense", None, 1, seed, budget))
             for block in BLOCKS:
                 for sparsity in SPARSITIES:
-                    for method in METHODS:
-                        specs.append(RunSpec(model, method, sparsity, block, seed, budget))
+                    for column, (method, options) in COLUMNS.items():
+                        specs.append(
+                            RunSpec(
+                                model,
+                                method,
+                                sparsity,
+                                block,
+                                seed,
+                                budget,
+                                options=options,
+                                column=column,
+                            )
+                        )
     return specs
 
 
@@ -302,7 +321,7 @@ def _accuracies(results: list[dict[str, Any]]) -> dict[tuple, list[float]]:
     for r in results:
         if r["label"]:
             continue
-        key = (r["model"], r["block"], r["sparsity"], r["method"])
+        key = (r["model"], r["block"], r["sparsity"], r.get("column") or r["method"])
         if r["method"] == "dense":
             key = (r["model"], None, None, "dense")
         cells[key].append(r["accuracy"])
@@ -351,18 +370,21 @@ def grid_markdown(
         f"decay {budget.weight_decay}. The sparse methods use the library defaults: cost "
         "fraction annealed (cosine) over the first 20% of the steps, mask frozen for the last "
         "20%, global distribution; spartan anneals beta from 1 to 10 (x sqrt(16) = 40 for 4x4 "
-        'blocks) with mean-scaled unit values (`value_scale="mean"`).',
+        'blocks) with mean-scaled unit values (`value_scale="mean"`). The column *spartan, '
+        "beta_init=10* starts beta at 10 instead of 1 (a candidate default, see "
+        "docs/accuracy_ablation.md). The best mean of each row is in bold.",
         "",
-        "| model | structure | sparsity | dense | magnitude | topkast | spartan | spartan vs "
-        "best baseline |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | structure | sparsity | dense | "
+        + " | ".join(COLUMNS)
+        + " | spartan vs best baseline | spartan, beta_init=10 vs best baseline |",
+        "|---|---|---|---|" + "---|" * (len(COLUMNS) + 2),
     ]
     tally: dict[str, list[str]] = defaultdict(list)
     for model in MODELS:
         dense = cells[(model, None, None, "dense")]
         for block in BLOCKS:
             for sparsity in SPARSITIES:
-                accs = {m: cells[(model, block, sparsity, m)] for m in METHODS}
+                accs = {c: cells[(model, block, sparsity, c)] for c in COLUMNS}
                 best_mean = max(statistics.fmean(a) for a in accs.values())
                 row = [
                     model,
@@ -370,12 +392,13 @@ def grid_markdown(
                     f"{100 * sparsity:.0f}%",
                     _cell(dense),
                 ]
-                row += [_cell(accs[m], statistics.fmean(accs[m]) == best_mean) for m in METHODS]
+                row += [_cell(accs[c], statistics.fmean(accs[c]) == best_mean) for c in COLUMNS]
                 baseline = max(("magnitude", "topkast"), key=lambda m: statistics.fmean(accs[m]))
-                v = verdict(accs["spartan"], accs[baseline])
-                diff = 100 * (statistics.fmean(accs["spartan"]) - statistics.fmean(accs[baseline]))
-                row.append(f"{v} ({diff:+.2f} vs {baseline})")
-                tally[v].append(f"{model} {row[1]} {row[2]}")
+                for column in SPARTANS:
+                    v = verdict(accs[column], accs[baseline])
+                    diff = statistics.fmean(accs[column]) - statistics.fmean(accs[baseline])
+                    row.append(f"{v} ({100 * diff:+.2f} vs {baseline})")
+                    tally[f"{column}: {v}"].append(f"{model} {row[1]} {row[2]}")
                 lines.append("| " + " | ".join(row) + " |")
     lines += [
         "",
@@ -383,9 +406,16 @@ def grid_markdown(
         "when the means differ by more than the larger of the two standard deviations (and by "
         "more than one validation image, 0.28 points); otherwise it *ties*.",
         "",
-        f"- wins ({len(tally['wins'])}): {', '.join(tally['wins']) or 'none'}",
-        f"- ties ({len(tally['ties'])}): {', '.join(tally['ties']) or 'none'}",
-        f"- loses ({len(tally['loses'])}): {', '.join(tally['loses']) or 'none'}",
+    ]
+    for column in SPARTANS:
+        for v in ("wins", "ties", "loses"):
+            cells_v = tally[f"{column}: {v}"]
+            lines.append(f"- {column} {v} ({len(cells_v)}): {', '.join(cells_v) or 'none'}")
+    lines += [
+        "",
+        "Runs more than 5 points below the median of their cell (collapsed seeds): "
+        + _collapses(results)
+        + ".",
         "",
         "![validation accuracy against sparsity](accuracy.png)",
         "",
@@ -395,13 +425,31 @@ def grid_markdown(
             f"{model} " + " / ".join(f"{100 * _whole(results, model, s):.1f}%" for s in SPARSITIES)
             for model in MODELS
         )
-        + ". Every sparse run reached its masked sparsity exactly: "
+        + ". Every sparse run reached its masked sparsity up to rounding to whole blocks: "
         + _exactness(results)
         + ".",
         "",
     ]
     lines += cost_markdown(results)
     return "\n".join(lines) + "\n"
+
+
+def _collapses(results: list[dict[str, Any]]) -> str:
+    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for r in results:
+        if not r["label"]:
+            key = (r["model"], r["block"], r["sparsity"], r.get("column") or r["method"])
+            groups[key].append(r)
+    found = []
+    for (model, block, sparsity, column), runs in groups.items():
+        median = statistics.median(r["accuracy"] for r in runs)
+        for r in runs:
+            if r["accuracy"] < median - 0.05:
+                found.append(
+                    f"{column} {model} {block}x{block} {100 * sparsity:.0f}% seed {r['seed']}: "
+                    f"{100 * r['accuracy']:.2f}% (median {100 * median:.2f}%)"
+                )
+    return "; ".join(sorted(found)) or "none"
 
 
 def _whole(results: list[dict[str, Any]], model: str, sparsity: float) -> float:
@@ -540,40 +588,68 @@ def ablation_markdown(
 
 
 def plot(results: list[dict[str, Any]], path: Path) -> None:
-    """Validation accuracy against sparsity, one line per method, a panel per model/structure."""
+    """Validation accuracy against sparsity: a panel per model/structure, a line per column.
+
+    Lines join the means; dots are single seeds. Seeds below the axis (collapsed runs) are
+    drawn on its lower edge with their value written next to them.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     cells = _accuracies(results)
-    fig, axes = plt.subplots(1, 4, figsize=(16, 3.8), sharey=True)
-    styles = {"magnitude": "s-", "topkast": "^-", "spartan": "o-"}
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8), sharey=True)
+    styles = {
+        "magnitude": ("s", "tab:blue"),
+        "topkast": ("^", "tab:orange"),
+        "spartan": ("o", "tab:green"),
+        "spartan, beta_init=10": ("D", "tab:red"),
+    }
+    medians = [statistics.median(v) for k, v in cells.items() if k[3] != "dense" and len(k) == 4]
+    low = 100 * min(medians) - 1.5
+    high = 100 * max(statistics.fmean(v) for v in cells.values()) + 1.0
     panels = [(m, b) for m in MODELS for b in BLOCKS]
-    for ax, (model, block) in zip(axes, panels, strict=True):
+    offsets = {c: (i - 1.5) * 0.25 for i, c in enumerate(COLUMNS)}
+    for ax, (model, block) in zip(axes.flat, panels, strict=True):
         x = [100 * s for s in SPARSITIES]
         dense_mean, _ = _stats(cells[(model, None, None, "dense")])
-        ax.axhline(100 * dense_mean, color="gray", linestyle="--", label="dense")
-        for method in METHODS:
-            stats = [_stats(cells[(model, block, s, method)]) for s in SPARSITIES]
-            ax.errorbar(
-                x,
-                [100 * m for m, _ in stats],
-                yerr=[100 * s for _, s in stats],
-                fmt=styles[method],
-                capsize=3,
-                label=method,
-            )
+        ax.axhline(100 * dense_mean, color="gray", linestyle="--", label="dense (mean)")
+        for column in COLUMNS:
+            marker, color = styles[column]
+            xs = [v + offsets[column] for v in x]
+            means = [100 * statistics.fmean(cells[(model, block, s, column)]) for s in SPARSITIES]
+            ax.plot(xs, means, marker=marker, color=color, label=f"{column} (mean)")
+            for xi, s in zip(xs, SPARSITIES, strict=True):
+                for acc in cells[(model, block, s, column)]:
+                    y = 100 * acc
+                    if y < low:
+                        ax.plot(xi, low, marker="v", color=color, clip_on=False)
+                        ax.annotate(
+                            f"{y:.0f}%",
+                            (xi, low),
+                            textcoords="offset points",
+                            xytext=(4, 4),
+                            fontsize=8,
+                            color=color,
+                        )
+                    else:
+                        ax.plot(xi, y, marker=".", color=color, alpha=0.5, linestyle="none")
         structure = "unstructured" if block == 1 else f"{block}x{block} blocks"
         ax.set_title(f"{model}, {structure}")
         ax.set_xlabel("sparsity of the masked layers (%)")
         ax.set_xticks(x)
+        ax.set_ylim(low, high)
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("validation top-1 (%)")
-    axes[0].legend(loc="lower left")
-    fig.suptitle("digits (1,437 train / 360 validation), same training budget for every method")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("validation top-1 (%)")
+    axes[0, 0].legend(loc="lower left", fontsize=8)
+    fig.suptitle(
+        "digits (1,437 train / 360 validation), same budget for every method; "
+        "dots: single seeds, lines: means"
+    )
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
