@@ -61,7 +61,7 @@ logger = logging.getLogger(__name__)
 Segments = Sequence[tuple[Tensor, float | Tensor]]
 
 _CHUNK = 4096  # entries per float32 partial sum before accumulating in float64
-_DOT_CHUNK = 1 << 16  # entries per float32 dot product before accumulating in float64
+_DOT_CHUNK = 1 << 18  # entries per float32 dot product before accumulating in float64
 _REACH_SLACK = 1e-10  # relative slack on the budget when deciding that it is reached
 _FULL_BUDGET = 1e-12  # budget within this relative distance of sum(c) keeps everything
 _DEFAULT_TOL = {torch.float64: 1e-10, torch.float32: 1e-6}
@@ -136,7 +136,7 @@ def _sum64(x: Tensor) -> Tensor:
 def _dot64(a: Tensor, b: Tensor) -> Tensor:
     """Accurate dot product of two 1-D tensors as a 0-d float64 tensor.
 
-    float32 inputs: float32 dot products over chunks of 2**16 entries, summed in float64.
+    float32 inputs: float32 dot products over chunks of 2**18 entries, summed in float64.
     """
     if a.dtype == torch.float64:
         return torch.dot(a, b)
@@ -154,7 +154,7 @@ def _dot_fast(a: Tensor, b: Tensor) -> Tensor:
     return torch.dot(a, b).double()
 
 
-_PRODUCT_CHUNK = 1 << 18  # entries per in-cache product chunk
+_PRODUCT_CHUNK = 1 << 20  # entries per in-cache product chunk (4 MB in float32)
 
 
 def _weighted_square_sum(c: Tensor, t: Tensor) -> Tensor:
