@@ -142,6 +142,11 @@ class Env:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=30)
+        broker = self.vars.get("SPARTAN_BROKER_URL", "")
+        if broker.startswith("redis://"):
+            import redis
+
+            redis.Redis.from_url(broker).delete(self.queue)  # leave no message behind
         for key in self.vars:
             os.environ.pop(key, None)
         get_settings.cache_clear()
@@ -280,3 +285,20 @@ def test_sigkill_then_new_worker_resumes_to_the_same_result(tmp_path: Path) -> N
             assert job.metrics[key] == ref.metrics[key], key
     finally:
         env.close()
+
+
+def test_sigterm_to_the_worker_checkpoints_and_requeues(redis_env: Env) -> None:
+    import redis
+
+    env = redis_env
+    worker = env.start_worker("preempted")
+    job_id = env.submit(tiny_spec(training={"epochs": 50, "checkpoint_every_steps": 1000}))
+    env.wait_step(job_id, 2)
+    os.kill(worker.pid, signal.SIGTERM)  # the parent only: it forwards SIGTERM to the job
+    worker.wait(timeout=120)
+    job = env.job(job_id)
+    assert job.status == "queued" and job.attempts == 0, (job.status, job.error)
+    checkpoint = Path(env.settings().checkpoint_dir) / job_id / "checkpoint.pt"
+    assert torch.load(checkpoint, weights_only=True)["position"]["step"] >= 2
+    assert redis.Redis.from_url(REDIS_URL).llen(env.queue) == 1  # its id was sent again
+    assert b"checkpointing and re-queueing" in env.log("preempted")
