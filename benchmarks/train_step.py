@@ -13,6 +13,7 @@ expensive phase: masks are recomputed after every step.
 
     .venv/bin/python benchmarks/train_step.py            # full: both models, batch 4 and 32
     .venv/bin/python benchmarks/train_step.py --quick    # resnet18, batch 4, few steps
+    .venv/bin/python benchmarks/train_step.py --breakdown resnet50,4 --threads 1
 """
 
 from __future__ import annotations
@@ -77,6 +78,71 @@ def run_one(model_name: str, batch: int, method: str, steps: int, warmup: int) -
     }
 
 
+def breakdown(model_name: str, batch: int, method: str, steps: int, warmup: int) -> dict:
+    """CPU milliseconds per step by phase, and the soft top-k solver's share of the update."""
+    import spartan_core.methods as methods
+
+    solver: dict[str, float] = {}
+
+    def timed(name: str, fn):  # type: ignore[no-untyped-def]
+        def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
+            start = time.process_time()
+            result = fn(*args, **kwargs)
+            solver[name] = solver.get(name, 0.0) + time.process_time() - start
+            return result
+
+        return wrapper
+
+    originals = methods.topk.hard_threshold, methods.topk.solve_dual
+    methods.topk.hard_threshold = timed("hard_threshold", originals[0])
+    methods.topk.solve_dual = timed("solve_dual", originals[1])
+    try:
+        return _phases(model_name, batch, method, steps, warmup, solver)
+    finally:
+        methods.topk.hard_threshold, methods.topk.solve_dual = originals
+
+
+def _phases(
+    model_name: str, batch: int, method: str, steps: int, warmup: int, solver: dict[str, float]
+) -> dict:
+    import torch
+    import torchvision
+    from torch import nn
+
+    from spartan_core import Sparsifier, SparsifierConfig
+
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, model_name)(num_classes=1000)
+    sparsifier = None
+    if method != "dense":
+        config = SparsifierConfig(method=method, target=0.1, warmup_frac=0.0, finetune_frac=0.2)
+        sparsifier = Sparsifier(model, config, total_steps=10 * (steps + warmup) + 10)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+    x = torch.randn(batch, 3, 64, 64)
+    y = torch.randint(0, 1000, (batch,))
+    phases = dict.fromkeys(("forward", "backward", "optimizer", "sparsifier"), 0.0)
+    for i in range(warmup + steps):
+        if i == warmup:
+            solver.clear()
+            phases = dict.fromkeys(phases, 0.0)
+        c0 = time.process_time()
+        optimizer.zero_grad(set_to_none=True)
+        loss = nn.functional.cross_entropy(model(x), y)
+        c1 = time.process_time()
+        loss.backward()
+        c2 = time.process_time()
+        optimizer.step()
+        c3 = time.process_time()
+        if sparsifier is not None:
+            sparsifier.step()
+        c4 = time.process_time()
+        for key, value in zip(phases, (c1 - c0, c2 - c1, c3 - c2, c4 - c3), strict=True):
+            phases[key] += value
+    out = {key: round(value / steps * 1e3, 1) for key, value in phases.items()}
+    out.update({key: round(value / steps * 1e3, 1) for key, value in solver.items()})
+    return out
+
+
 def _spawn(model_name: str, batch: int, method: str, steps: int, warmup: int, threads: int) -> dict:
     cmd = [
         sys.executable,
@@ -104,8 +170,24 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved repetitions")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument(
+        "--breakdown",
+        metavar="MODEL,BATCH",
+        help="instead: CPU ms per phase for each method of one configuration, e.g. resnet50,4",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
+
+    if args.breakdown:
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        model_name, batch = args.breakdown.split(",")
+        for method in args.methods.split(","):
+            phases = breakdown(model_name, int(batch), method, args.steps, args.warmup)
+            print(f"{method:9}", "  ".join(f"{k} {v:.0f}" for k, v in phases.items()))
+        return
 
     if args.child:
         if args.threads:
