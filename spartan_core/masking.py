@@ -22,7 +22,10 @@ scalar node per group whose inputs are all the group's weights and whose value i
 layer's ``SoftMask`` returns its local gradient for w and dL/dlam = -b * sum_j g_j s_j;
 autograd adds those over layers, and the dual node's backward sends
 dL/dlam * dlam/dw_j = dL/dlam * s_j / (sum_i c_i s_i) * sign(w_j) to every weight (implicit
-differentiation of sum_i c_i m_i = budget).
+differentiation of sum_i c_i m_i = budget). To save a full-size gradient per layer, a coupled
+layer leaves its local gradient in the group's ``PendingGrads`` and the dual node, which
+autograd runs after every layer of the group, completes it in place. At w = 0 exactly the
+coupling term uses sign(+-0) = +-1 (``copysign``), a valid subgradient of |w|.
 """
 
 from __future__ import annotations
