@@ -171,7 +171,7 @@ def resolve_cost_model(spec: str | CostModel) -> CostModel:
 
         try:
             model = cost_models.get(spec)
-        except (KeyError, LookupError) as error:
+        except LookupError as error:
             raise ValueError(f"cost_model: unknown cost model {spec!r} ({error})") from error
         return model
     if isinstance(spec, CostModel):
