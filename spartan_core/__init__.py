@@ -10,6 +10,7 @@ from spartan_core.layers import MaskTarget, find_targets, layer_predicate, maska
 from spartan_core.soft_topk import (
     SoftTopKResult,
     hard_threshold,
+    hard_threshold_and_dual,
     soft_mask,
     soft_topk,
     solve_dual,
@@ -28,6 +29,7 @@ __all__ = [
     "expand_block_mask",
     "find_targets",
     "hard_threshold",
+    "hard_threshold_and_dual",
     "layer_predicate",
     "maskable_targets",
     "soft_mask",

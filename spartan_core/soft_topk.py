@@ -477,7 +477,11 @@ def _select(
     if reach >= total * (1 - _FULL_BUDGET):
         return min(s.u_min for s in segs), 0, sample
     if keys is None:
-        keys = [torch.empty(s.n, dtype=_INT_VIEW[dtype], device=s.u.device) for s in segs]
+        # segments are keyed one after another: one scratch buffer the size of the largest
+        scratch = torch.empty(
+            max(s.n for s in segs), dtype=_INT_VIEW[dtype], device=segs[0].u.device
+        )
+        keys = [scratch[: s.n] for s in segs]
     window: tuple[int, int] | None = None
     if init is not None and math.isfinite(init) and init >= 0:
         p = _WARM_BITS[dtype]
@@ -554,24 +558,36 @@ def hard_threshold(segments: Segments, budget: float, *, init: float | None = No
 
 
 class _Evaluator:
-    """Evaluates sum c m and sum c m (1 - m) at a given lam, keeping the masks per segment."""
+    """Evaluates sum c m and sum c m (1 - m) at a given lam.
+
+    With ``buffers`` (one per segment) the masks of the last evaluation are kept there;
+    without, one scratch buffer the size of the largest segment serves every segment in turn
+    (for many layers it stays in cache) and no masks are kept.
+    """
 
     def __init__(self, segs: list[_Segment], beta: float, buffers: list[Tensor] | None) -> None:
         self.segs = segs
         self.beta = beta
-        self.masks = buffers if buffers is not None else [torch.empty_like(s.u) for s in segs]
+        self.keeps_masks = buffers is not None
+        if buffers is None:
+            scratch = torch.empty(
+                max(s.n for s in segs), dtype=segs[0].u.dtype, device=segs[0].u.device
+            )
+            buffers = [scratch[: s.n] for s in segs]
+        self.masks = buffers
         self.n = sum(s.n for s in segs)
 
     def fill(self, lam: float) -> None:
-        """The masks at lam, without reductions."""
-        for seg, m in zip(self.segs, self.masks, strict=True):
-            _sigmoid_into(seg.u, lam, self.beta, m)
+        """The masks at lam, without reductions (only when masks are kept)."""
+        if self.keeps_masks:
+            for seg, m in zip(self.segs, self.masks, strict=True):
+                _sigmoid_into(seg.u, lam, self.beta, m)
 
     def __call__(self, lam: float) -> tuple[float, float]:
         """(sum c m, sum c m (1 - m)); the latter in the input precision."""
-        self.fill(lam)
         sums = []
         for seg, m in zip(self.segs, self.masks, strict=True):
+            _sigmoid_into(seg.u, lam, self.beta, m)
             if seg.cost is None:
                 c = seg.scalar_cost
                 sums.append(torch.stack((_sum64(m) * c, _dot_fast(m, m) * c)))
@@ -642,8 +658,8 @@ def _solve(
             # m(1-m) grows by at most exp(beta |step|) over the step
             bound = 0.5 * beta**2 * (slope_sum + slack) * math.exp(beta * abs(step)) * step**2
             if bound <= 0.5 * tol * budget:
-                evaluate.fill(candidate)
-                return candidate, it + 1, evaluate
+                evaluate.fill(candidate)  # a pass only when the masks are wanted
+                return candidate, it + int(evaluate.keeps_masks), evaluate
         lam = candidate
     logger.warning(
         "solve_dual: no convergence in %d iterations (|g|/k = %.3g)", max_iter, abs(g) / budget
@@ -699,6 +715,37 @@ def solve_dual(
             init = _sample_dual(_sample(segs), k, beta)
         lam, iters, _ = _solve(segs, k, beta, init, tol, max_iter)
     return lam, iters
+
+
+def hard_threshold_and_dual(
+    segments: Segments,
+    budget: float,
+    beta: float,
+    *,
+    threshold_init: float | None = None,
+    dual_init: float | None = None,
+    tol: float | None = None,
+    max_iter: int = 100,
+) -> tuple[float, float, int]:
+    """:func:`hard_threshold` and :func:`solve_dual` together, validating the segments once.
+
+    Returns:
+        ``(threshold, lam, passes of the dual solve)``.
+    """
+    beta = _check_positive("beta", beta)
+    max_iter = _check_max_iter(max_iter)
+    segs = _prepare_segments(segments)
+    dtype = segs[0].u.dtype
+    tol = _default_tol(dtype, tol)
+    total = sum(s.total_cost for s in segs)
+    k = _check_budget(budget, total)
+    with torch.no_grad():
+        threshold, _, sample = _select(segs, k * (1 - _REACH_SLACK), dtype, threshold_init)
+        init = dual_init
+        if init is None and k < total * (1 - _FULL_BUDGET):
+            init = _sample_dual(sample if sample is not None else _sample(segs), k, beta)
+        lam, iters, _ = _solve(segs, k, beta, init, tol, max_iter)
+    return threshold, lam, iters
 
 
 # --- soft top-k with the implicit backward ---------------------------------------------------

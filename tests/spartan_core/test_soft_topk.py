@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from spartan_core import hard_threshold, soft_mask, soft_topk, solve_dual
+from spartan_core import hard_threshold, hard_threshold_and_dual, soft_mask, soft_topk, solve_dual
 from spartan_core.soft_topk import SoftTopKFunction
 
 F64 = torch.float64
@@ -267,6 +267,26 @@ def test_multi_segment_threshold_and_dual_match_concatenation(dtype: torch.dtype
     assert achieved == pytest.approx(budget, rel=1e-5 if dtype == torch.float32 else 1e-9)
     ref = _reference_dual(all_u, all_c, budget, 5.0)
     assert lam == pytest.approx(ref, abs=1e-5 if dtype == torch.float32 else 1e-9)
+
+
+@pytest.mark.parametrize("warm", [False, True])
+def test_combined_threshold_and_dual_match_separate_calls(warm: bool) -> None:
+    g = _gen(14)
+    segments: list[tuple[torch.Tensor, float | torch.Tensor]] = [
+        (torch.rand(500, generator=g, dtype=F64), 1.0),
+        (torch.rand(70, generator=g, dtype=F64) * 2, torch.rand(70, generator=g, dtype=F64) + 1),
+    ]
+    budget, beta = 120.0, 15.0
+    t_init = 0.8 if warm else None
+    d_init = 0.75 if warm else None
+    t, lam, passes = hard_threshold_and_dual(
+        segments, budget, beta, threshold_init=t_init, dual_init=d_init
+    )
+    assert t == hard_threshold(segments, budget, init=t_init)
+    assert lam == pytest.approx(solve_dual(segments, budget, beta, init=d_init)[0], abs=1e-9)
+    assert passes >= 1
+    with pytest.raises(ValueError, match="beta"):
+        hard_threshold_and_dual(segments, budget, 0.0)
 
 
 # --- warm starts -----------------------------------------------------------------------------
