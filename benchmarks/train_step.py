@@ -93,13 +93,15 @@ def breakdown(model_name: str, batch: int, method: str, steps: int, warmup: int)
 
         return wrapper
 
-    originals = methods.topk.hard_threshold, methods.topk.solve_dual
-    methods.topk.hard_threshold = timed("hard_threshold", originals[0])
-    methods.topk.solve_dual = timed("solve_dual", originals[1])
+    names = ("hard_threshold", "solve_dual", "hard_threshold_and_dual")
+    originals = [getattr(methods.topk, name) for name in names]
+    for name, fn in zip(names, originals, strict=True):
+        setattr(methods.topk, name, timed(name, fn))
     try:
         return _phases(model_name, batch, method, steps, warmup, solver)
     finally:
-        methods.topk.hard_threshold, methods.topk.solve_dual = originals
+        for name, fn in zip(names, originals, strict=True):
+            setattr(methods.topk, name, fn)
 
 
 def _phases(

@@ -142,8 +142,13 @@ class Spartan(Method):
         slope = beta / scale
         segments = [(layer.soft.view(-1), layer.cost) for layer in layers]
         budget = fraction * total_cost
-        threshold = topk.hard_threshold(segments, budget, init=_warm(group.threshold))
-        dual, iterations = topk.solve_dual(segments, budget, slope, init=_warm(group.dual))
+        threshold, dual, iterations = topk.hard_threshold_and_dual(
+            segments,
+            budget,
+            slope,
+            threshold_init=_warm(group.threshold),
+            dual_init=_warm(group.dual),
+        )
         # m = sigmoid(b (u - lam)) = (1 + tanh(b (u - lam) / 2)) / 2: tanh is the faster kernel
         offset = layers[0].soft.new_tensor(-0.5 * slope * dual)
         half = layers[0].soft.new_tensor(0.5)
