@@ -22,7 +22,6 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from spartan_core import soft_topk as topk
 from spartan_core.masking import (
     DualGroup,
     DualNode,
@@ -32,6 +31,7 @@ from spartan_core.masking import (
     StraightThrough,
     masked_product,
 )
+from spartan_core.soft_topk import hard_threshold, hard_threshold_and_dual
 
 logger = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ class Spartan(Method):
         slope = beta / scale
         segments = [(layer.soft.view(-1), layer.cost) for layer in layers]
         budget = fraction * total_cost
-        threshold, dual, iterations = topk.hard_threshold_and_dual(
+        threshold, dual, iterations = hard_threshold_and_dual(
             segments,
             budget,
             slope,
@@ -204,9 +204,7 @@ class _HardMethod(Method):
             units.append(values if layer.cost == 1.0 else values.mul_(1.0 / layer.cost))
         total_cost = sum(layer.cost * layer.n_entries for layer in group.layers)
         segments = [(u.view(-1), layer.cost) for u, layer in zip(units, group.layers, strict=True)]
-        threshold = topk.hard_threshold(
-            segments, fraction * total_cost, init=_warm(group.threshold)
-        )
+        threshold = hard_threshold(segments, fraction * total_cost, init=_warm(group.threshold))
         for layer, u in zip(group.layers, units, strict=True):
             torch.ge(u, threshold, out=layer.hard)
         group.fraction, group.beta = fraction, beta
