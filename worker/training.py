@@ -20,7 +20,7 @@ on CPU the result is bit-identical to an uninterrupted run.
 
 Stop requests are polled after every step (the hook decides how often it really looks):
 ``cancel`` ends the run at once, ``preempt`` writes a checkpoint first. The job's time limit
-(``resources.time_limit_s``, training time summed over attempts) also writes a checkpoint, then
+(``resources.time_limit_s``, run time summed over attempts) also writes a checkpoint, then
 raises ``JobTimeLimitExceeded``.
 """
 
@@ -451,7 +451,7 @@ class _Trainer:
                 if self._elapsed() > limit:
                     self._save()
                     raise JobTimeLimitExceeded(
-                        f"resources.time_limit_s: the job trained for {self._elapsed():.0f} s, "
+                        f"resources.time_limit_s: the job ran for {self._elapsed():.0f} s, "
                         f"past its limit of {limit} s (checkpoint at step {self.step})"
                     )
                 self._poll()

@@ -200,3 +200,16 @@ def test_paths(wsettings: Settings) -> None:
         == Path(wsettings.checkpoint_dir) / "job_x" / "checkpoint.pt"
     )
     assert job_artifact_dir(wsettings, "job_x") == Path(wsettings.artifact_dir) / "job_x"
+
+
+def test_time_limit_checkpoints_and_fails(wsettings: Settings, store: JobStore) -> None:
+    from worker.training import JobTimeLimitExceeded
+
+    job_id = _job(store, tiny_spec(training={"epochs": 100}, resources={"time_limit_s": 10}))
+    with pytest.raises(JobTimeLimitExceeded):
+        execute_job(job_id, worker="n1/1", settings=wsettings)
+    job = store.get_job(job_id=job_id)
+    assert job is not None and job.status == "failed"
+    assert job.error is not None
+    assert job.error.startswith("JobTimeLimitExceeded: resources.time_limit_s: the job ran for")
+    assert job_checkpoint_path(wsettings, job_id).exists()

@@ -114,3 +114,10 @@ def test_latency_table_file_must_be_under_a_data_root(settings: Settings) -> Non
         ValueError, match=r"^cost_model\.params\.table: '/etc/table\.json' is outside"
     ):
         validate_spec(spec, settings)
+
+
+def test_measuring_cost_model_is_not_run_on_the_meta_device(settings: Settings) -> None:
+    spec = tiny_spec(
+        sparsity={"sparsity": None, "cost_fraction": 0.3}, cost_model={"name": "profiled"}
+    )
+    validate_spec(spec, settings)
