@@ -350,8 +350,7 @@ class _Trainer:
             "phase": phase,
             "step": self.step,
             "total_steps": self.total_steps,
-            "epoch": self.epoch
-            + (self.batch / self.steps_per_epoch if self.steps_per_epoch else 0),
+            "epoch": round(self.epoch + self.batch / max(self.steps_per_epoch, 1), 3),
             "epochs": self.tspec.epochs,
             "elapsed_s": round(self._elapsed(), 3),
         }
