@@ -412,13 +412,15 @@ class _Trainer:
             if state is not None:
                 self._load(state)
             self._train()
+            return self._finish()
         except _Stop as stop:
-            if stop.reason == "preempt" and hasattr(self, "epoch_sums"):
+            # Once finalized, the last epoch-end checkpoint is the one to resume from.
+            live = hasattr(self, "epoch_sums") and not self.sparsifier.finalized
+            if stop.reason == "preempt" and live:
                 self._save()
             log.info("run stopped: %s at step %d", stop.reason, self.step)
             status = "cancelled" if stop.reason == "cancel" else "preempted"
             return TrainResult(status=status)
-        return self._finish()
 
     def _evaluate(self) -> dict[str, float]:
         return evaluate(

@@ -158,3 +158,28 @@ def test_lr_factor_boundaries() -> None:
     assert lr_factor(55, **kw) == pytest.approx(0.5)
     assert lr_factor(100, **kw) == pytest.approx(0.0, abs=1e-12)
     assert lr_factor(50, total_steps=100, warmup_steps=0, schedule="constant") == 1.0
+
+
+def test_preempt_while_finalizing_resumes_from_the_last_epoch(
+    tmp_path: Path, reference: tuple[TrainResult, Path]
+) -> None:
+    _, ref_out = reference
+    settings = Settings(home=tmp_path / "home", progress_interval_s=0.0)
+    ckpt = tmp_path / "ckpt.pt"
+    phase = {"now": ""}
+
+    def progress(p: dict[str, Any]) -> None:
+        phase["now"] = p["phase"]
+
+    def stop() -> str | None:
+        return "preempt" if phase["now"] == "finalizing" else None
+
+    first = _run(settings, tmp_path / "out", ckpt, progress=progress, stop=stop)
+    assert first.status == "preempted"
+    assert torch.load(ckpt, weights_only=True)["position"] == {"epoch": 2, "batch": 0, "step": 22}
+    assert _run(settings, tmp_path / "out", ckpt).status == "succeeded"
+    a, b = (
+        load_file(ref_out / "model.safetensors"),
+        load_file(tmp_path / "out" / "model.safetensors"),
+    )
+    assert all(torch.equal(a[k], b[k]) for k in a)
