@@ -72,7 +72,9 @@ class SparsitySpec(_Strict):
     block_shape: tuple[
         Annotated[int, Field(ge=1, le=1024)], Annotated[int, Field(ge=1, le=1024)]
     ] = (1, 1)
-    beta_init: float = Field(1.0, gt=0.0, le=1e6)
+    beta_init: float | None = Field(
+        None, gt=0.0, le=1e6, description="default: min(10, beta_max) (published: 1)"
+    )
     beta_max: float | None = Field(None, gt=0.0, le=1e6, description="default: the method's")
     warmup_frac: float = Field(0.2, ge=0.0, lt=1.0)
     finetune_frac: float = Field(0.2, ge=0.0, lt=1.0)

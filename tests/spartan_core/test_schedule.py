@@ -85,7 +85,12 @@ def test_sparsifier_follows_the_schedule() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
     config = SparsifierConfig(
-        target=0.25, warmup_frac=0.2, finetune_frac=0.2, beta_max=20.0, annealing="linear"
+        target=0.25,
+        warmup_frac=0.2,
+        finetune_frac=0.2,
+        beta_init=1.0,
+        beta_max=20.0,
+        annealing="linear",
     )
     sparsifier = Sparsifier(model, config, total_steps=10)
     # step 0: f = 1, every mask is exactly one and nothing is NaN

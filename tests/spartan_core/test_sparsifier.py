@@ -290,10 +290,12 @@ def test_config_defaults_and_sparsity() -> None:
     config = SparsifierConfig.from_sparsity(0.9, block_shape=(4, 4))
     assert config.target == pytest.approx(0.1)
     assert config.method == "spartan" and config.distribution == "global"
-    assert config.beta_init == 1.0 and config.beta_max == 10.0
+    assert config.beta_init == 10.0 and config.beta_max == 10.0
     assert config.beta_max_effective == 40.0
     assert (config.warmup_frac, config.finetune_frac) == (0.2, 0.2)
     assert SparsifierConfig(target=0.5, beta_max=None).beta_max == 10.0  # type: ignore[arg-type]
+    assert SparsifierConfig(target=0.5, beta_max=4.0).beta_init == 4.0  # default: min(10, max)
+    assert SparsifierConfig(target=0.5, beta_init=1.0).beta_init == 1.0
     assert SparsifierConfig(target=0.5, include=["a*"]).include == ("a*",)
     with pytest.raises(ValueError, match=r"^sparsity: "):
         SparsifierConfig.from_sparsity(1.0)
