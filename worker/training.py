@@ -573,6 +573,7 @@ class _Trainer:
     def _resolved_spec(self) -> dict[str, Any]:
         body = self.spec.model_dump(mode="json")
         body["sparsity"]["beta_max"] = float(self.config.beta_max)
+        body["sparsity"]["beta_init"] = float(self.config.beta_init)
         body["training"]["checkpoint_every_steps"] = self.every
         body["cost_model"]["params"] = self.cost_params
         return body

@@ -95,6 +95,7 @@ def test_cost_report_and_spec(reference: tuple[TrainResult, Path]) -> None:
     assert (out / "cost_report.csv").read_text().count("\n") >= len(report["layers"])
     spec = json.loads((out / "spec.json").read_text())
     assert spec["sparsity"]["beta_max"] == 10.0  # the default, resolved
+    assert spec["sparsity"]["beta_init"] == 10.0
     assert spec["training"]["checkpoint_every_steps"] == 3
 
 
