@@ -9,9 +9,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, Field, model_validator
 
-from spartan.spec import CostModelSpec, ModelSpec
+from spartan.spec import CostModelSpec, ModelSpec, TargetSpec
 from spartan.store import Job, JobStatus, Upload
 
 
@@ -109,49 +109,24 @@ class UploadPublic(BaseModel):
 
 
 # plans ----------------------------------------------------------------------------------------
-class PlanCreate(BaseModel):
+class PlanCreate(TargetSpec):
     """A one-shot plan: how a target would be spread over the layers, without training.
 
     The allocation is the hard top-k of |w| per unit cost over the model's current weights
     (randomly initialised, or ``model.checkpoint``: an upload id).
     """
 
-    model_config = ConfigDict(extra="forbid")
-
     model: ModelSpec
     cost_model: CostModelSpec = Field(default_factory=CostModelSpec)
-    sparsity: Annotated[float, Field(gt=0.0, lt=1.0)] | None = Field(
-        None, description="fraction of maskable weights removed (params cost model only)"
-    )
-    cost_fraction: Annotated[float, Field(gt=0.0, le=1.0)] | None = Field(
-        None, description="kept fraction of the cost model's total cost"
-    )
-    distribution: Literal["global", "uniform", "erk"] = "global"
-    block_shape: tuple[
-        Annotated[int, Field(ge=1, le=1024)], Annotated[int, Field(ge=1, le=1024)]
-    ] = (1, 1)
-    include: list[Annotated[str, Field(max_length=500)]] = Field(
-        default_factory=list, max_length=1000
-    )
-    exclude: list[Annotated[str, Field(max_length=500)]] = Field(
-        default_factory=list, max_length=1000
-    )
 
     @model_validator(mode="after")
-    def _one_target(self) -> PlanCreate:
-        if (self.sparsity is None) == (self.cost_fraction is None):
-            raise ValueError("sparsity: give exactly one of sparsity and cost_fraction")
+    def _sparsity_needs_params(self) -> PlanCreate:
         if self.sparsity is not None and self.cost_model.name != "params":
             raise ValueError(
                 "sparsity: a sparsity target needs the params cost model; "
                 f"with cost model {self.cost_model.name!r} give cost_fraction"
             )
         return self
-
-    @property
-    def target(self) -> float:
-        """The kept cost fraction f."""
-        return 1.0 - self.sparsity if self.sparsity is not None else float(self.cost_fraction)
 
 
 class PlanPublic(BaseModel):

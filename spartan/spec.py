@@ -58,10 +58,15 @@ class DataSpec(_Strict):
         return self
 
 
-class SparsitySpec(_Strict):
-    """What to sparsify and how far. Give ``sparsity`` or ``cost_fraction``, not both."""
+Patterns = list[Annotated[str, Field(max_length=500)]]
 
-    method: Literal["spartan", "topkast", "magnitude"] = "spartan"
+
+class TargetSpec(_Strict):
+    """A budget and how it is spread over layers: shared by jobs and one-shot plans.
+
+    Give ``sparsity`` or ``cost_fraction``, not both.
+    """
+
     sparsity: Fraction | None = Field(
         None, description="fraction of maskable weights removed (params cost model only)"
     )
@@ -72,6 +77,25 @@ class SparsitySpec(_Strict):
     block_shape: tuple[
         Annotated[int, Field(ge=1, le=1024)], Annotated[int, Field(ge=1, le=1024)]
     ] = (1, 1)
+    include: Patterns = Field(default_factory=list, max_length=1000)
+    exclude: Patterns = Field(default_factory=list, max_length=1000)
+
+    @model_validator(mode="after")
+    def _one_target(self) -> TargetSpec:
+        if (self.sparsity is None) == (self.cost_fraction is None):
+            raise ValueError("sparsity: give exactly one of sparsity and cost_fraction")
+        return self
+
+    @property
+    def target(self) -> float:
+        """The kept cost fraction f (1 - sparsity when sparsity was given)."""
+        return 1.0 - self.sparsity if self.sparsity is not None else float(self.cost_fraction)
+
+
+class SparsitySpec(TargetSpec):
+    """What to sparsify, how far, and with which method and schedule."""
+
+    method: Literal["spartan", "topkast", "magnitude"] = "spartan"
     beta_init: float | None = Field(
         None, gt=0.0, le=1e6, description="default: min(10, beta_max) (published: 1)"
     )
@@ -79,21 +103,12 @@ class SparsitySpec(_Strict):
     warmup_frac: float = Field(0.2, ge=0.0, lt=1.0)
     finetune_frac: float = Field(0.2, ge=0.0, lt=1.0)
     annealing: Literal["linear", "cosine"] = "cosine"
-    include: list[str] = Field(default_factory=list, max_length=1000)
-    exclude: list[str] = Field(default_factory=list, max_length=1000)
 
     @model_validator(mode="after")
-    def _one_target(self) -> SparsitySpec:
-        if (self.sparsity is None) == (self.cost_fraction is None):
-            raise ValueError("sparsity: give exactly one of sparsity and cost_fraction")
+    def _schedule_fits(self) -> SparsitySpec:
         if self.warmup_frac + self.finetune_frac >= 1.0:
             raise ValueError("finetune_frac: warmup_frac + finetune_frac must be below 1")
         return self
-
-    @property
-    def target(self) -> float:
-        """The kept cost fraction f (1 - sparsity when sparsity was given)."""
-        return 1.0 - self.sparsity if self.sparsity is not None else float(self.cost_fraction)
 
 
 class CostModelSpec(_Strict):
