@@ -38,6 +38,7 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
+from spartan_core import native
 from spartan_core.blocks import BlockShape, block_grid
 from spartan_core.layers import MaskTarget
 
@@ -240,8 +241,11 @@ class SoftMask(torch.autograd.Function):
         soft, hard = layer.soft, layer.hard
         group = layer.group
         assert soft is not None and group is not None
-        out = layer.blocks(weight) * soft
-        out.mul_(hard.view(torch.uint8))
+        if layer.unstructured and native.usable(weight, soft, hard):
+            out = native.masked_forward(weight, soft, hard)
+        else:
+            out = layer.blocks(weight) * soft
+            out.mul_(hard.view(torch.uint8))
         ctx.layer = layer
         ctx.coupled, ctx.slope = group.coupled, group.slope
         ctx.pending = group.pending if dual is not None else None
@@ -260,8 +264,13 @@ class SoftMask(torch.autograd.Function):
             return (grad * soft).view(layer.weight_shape) if want_w else None, None, None
         w = layer.blocks(weight)
         coef = ctx.slope / layer.cost
-        s = torch.addcmul(soft, soft, soft, value=-1.0)  # s = m (1 - m), entry layout
         grad_dual = None
+        if layer.unstructured and want_w and native.usable(weight, soft):
+            grad_w, dot = native.soft_backward(grad_out.contiguous(), weight, soft, coef)
+            if want_dual:
+                grad_dual = weight.new_tensor(-ctx.slope * dot)
+            return _hand_over(ctx, grad_w.view(layer.weight_shape), grad_dual)
+        s = torch.addcmul(soft, soft, soft, value=-1.0)  # s = m (1 - m), entry layout
         if layer.unstructured:
             g = torch.mul(grad, w, out=layer.scratch.like(w))  # dL/dm per weight
             if want_dual:
@@ -280,11 +289,15 @@ class SoftMask(torch.autograd.Function):
                 return None, grad_dual, None
             grad_w = grad * soft  # h is the identity in the backward
             grad_w.addcmul_(torch.sign(w), g, value=coef)
-        grad_w = grad_w.view(layer.weight_shape)
-        if grad_dual is not None and ctx.pending is not None:
-            ctx.pending.add(ctx.index, grad_w)  # the DualNode completes and returns it
-            return None, grad_dual, None
-        return grad_w, grad_dual, None
+        return _hand_over(ctx, grad_w.view(layer.weight_shape), grad_dual)
+
+
+def _hand_over(ctx: Any, grad_w: Tensor, grad_dual: Tensor | None) -> tuple[Tensor | None, ...]:
+    """SoftMask's return: a coupled layer leaves its local gradient to the DualNode."""
+    if grad_dual is not None and ctx.pending is not None:
+        ctx.pending.add(ctx.index, grad_w)  # the DualNode completes and returns it
+        return None, grad_dual, None
+    return grad_w, grad_dual, None
 
 
 class DualNode(torch.autograd.Function):
@@ -320,6 +333,9 @@ class DualNode(torch.autograd.Function):
                 continue
             weight, soft = saved[i], saved[n + i]
             w = layer.blocks(weight)
+            if layer.unstructured and native.usable(weight, soft, local):
+                grads.append(native.dual_add(local, weight, soft, coef).view(layer.weight_shape))
+                continue
             if layer.unstructured:
                 s = torch.addcmul(soft, soft, soft, value=-1.0, out=layer.scratch.like(soft))
                 d = torch.copysign(s, w, out=s)  # s * sign(w), up to the sign of zeros

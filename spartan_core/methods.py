@@ -22,6 +22,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from spartan_core import native
 from spartan_core.masking import (
     DualGroup,
     DualNode,
@@ -132,9 +133,12 @@ class Spartan(Method):
         total_value = 0.0
         total_cost = 0.0
         for layer, weight in zip(layers, weights, strict=True):
+            total_cost += layer.cost * layer.n_entries
+            if layer.unstructured and native.usable(weight, layer.soft):
+                total_value += native.abs_scale(weight, layer.soft, 1.0 / layer.cost)[0]
+                continue
             values = layer.entry_values(weight, out=layer.soft)
             total_value += float(values.sum())
-            total_cost += layer.cost * layer.n_entries
             if layer.cost != 1.0:
                 values.mul_(1.0 / layer.cost)  # u = v / c
         # Scaling the unit values by 1 / S is the same as dividing beta by S: slope b = beta / S.
@@ -155,6 +159,11 @@ class Spartan(Method):
         s_cost = 0.0
         for layer in layers:
             soft = layer.soft
+            if native.usable(soft, layer.hard):
+                shift = -slope * dual
+                s_sum = native.fill_masks(soft, slope, shift, threshold, soft, layer.hard)
+                s_cost += layer.cost * s_sum
+                continue
             torch.ge(soft, threshold, out=layer.hard)
             torch.add(offset, soft, alpha=0.5 * slope, out=soft).tanh_()
             torch.add(half, soft, alpha=0.5, out=soft)

@@ -56,6 +56,8 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from spartan_core import native
+
 logger = logging.getLogger(__name__)
 
 Segments = Sequence[tuple[Tensor, float | Tensor]]
@@ -300,6 +302,9 @@ def _check_max_iter(max_iter: object) -> int:
 
 def _sigmoid_into(u: Tensor, dual: float, beta: float, out: Tensor) -> Tensor:
     """m = sigmoid(beta * u - beta * dual) into ``out`` (two passes, no temporaries)."""
+    if native.usable(u, out):
+        native.sigmoid_sums(u, None, beta, -beta * dual, out)
+        return out
     shift = torch.tensor(-beta * dual, dtype=torch.float64)  # 0-d: broadcast as a scalar
     torch.add(shift, u, alpha=beta, out=out)
     return out.sigmoid_()
@@ -414,6 +419,11 @@ def _cost_above(cost: Tensor, key: Tensor) -> Tensor:
     return torch.stack(parts).double().sum()
 
 
+def _native_cap(n: int) -> int:
+    """Inside entries the native partition collects before leaving a segment to PyTorch."""
+    return max(4 * _SORT_MIN, n >> 4)
+
+
 @dataclass
 class _Split:
     """Where the entries of all segments fall relative to a window."""
@@ -435,7 +445,20 @@ def _partition(segs: list[_Segment], keys: list[Tensor], start: int, log_width: 
     extracted.
     """
     balances, values, costs = [], [], []
+    above_cost = 0.0
     for seg, key in zip(segs, keys, strict=True):
+        if native.usable(seg.u, seg.cost):
+            above, idx = native.partition(seg.u, seg.cost, start, log_width, _native_cap(seg.n))
+            if idx is not None:
+                above_cost += above if seg.cost is not None else above * seg.scalar_cost
+                values.append(seg.u[idx])
+                costs.append(
+                    torch.full_like(values[-1], seg.scalar_cost)
+                    if seg.cost is None
+                    else seg.cost[idx]
+                )
+                balances.append(None)
+                continue
         torch.sub(seg.bits, start, out=key)
         if log_width:
             key.bitwise_right_shift_(log_width)  # arithmetic shift: negatives stay negative
@@ -449,9 +472,12 @@ def _partition(segs: list[_Segment], keys: list[Tensor], start: int, log_width: 
         costs.append(
             torch.full_like(values[-1], seg.scalar_cost) if seg.cost is None else seg.cost[idx]
         )
-    sums = torch.stack(balances).cpu().tolist()
-    above_cost = 0.0
-    for seg, balance, inside in zip(segs, sums, values, strict=True):
+    computed = [b for b in balances if b is not None]
+    sums = iter(torch.stack(computed).cpu().tolist() if computed else [])
+    for seg, pending, inside in zip(segs, balances, values, strict=True):
+        if pending is None:
+            continue  # counted by the native kernel
+        balance = next(sums)
         if seg.cost is None:
             # balance = c * (above - below) and above + below = n - inside
             above_cost += 0.5 * (balance + seg.scalar_cost * (seg.n - inside.numel()))
@@ -586,14 +612,23 @@ class _Evaluator:
     def __call__(self, lam: float) -> tuple[float, float]:
         """(sum c m, sum c m (1 - m)); the latter in the input precision."""
         sums = []
+        kept = squares = 0.0
         for seg, m in zip(self.segs, self.masks, strict=True):
+            if native.usable(seg.u, seg.cost):
+                out = m if self.keeps_masks else None
+                cm, cm2 = native.sigmoid_sums(seg.u, seg.cost, self.beta, -self.beta * lam, out)
+                c = 1.0 if seg.cost is not None else seg.scalar_cost
+                kept, squares = kept + c * cm, squares + c * cm2
+                continue
             _sigmoid_into(seg.u, lam, self.beta, m)
             if seg.cost is None:
                 c = seg.scalar_cost
                 sums.append(torch.stack((_sum64(m) * c, _dot_fast(m, m) * c)))
             else:
                 sums.append(torch.stack((_dot64(seg.cost, m), _weighted_square_sum(seg.cost, m))))
-        kept, squares = torch.stack(sums).sum(0).tolist()
+        if sums:
+            torch_kept, torch_squares = torch.stack(sums).sum(0).tolist()
+            kept, squares = kept + torch_kept, squares + torch_squares
         return kept, kept - squares
 
 
@@ -828,6 +863,8 @@ def _implicit_backward(
     take two chunked passes that recompute s per cache-sized chunk, so the only full-size write
     is the gradient itself.
     """
+    if native.usable(g, m, cost):
+        return native.topk_backward(g, m, cost, beta / (scalar_cost or 1.0))
     if cost is None:
         assert scalar_cost is not None
         grad = torch.addcmul(m, m, m, value=-1.0)  # (n,) s = m (1 - m)

@@ -1,0 +1,257 @@
+"""Fused CPU kernels for Spartan's hot loops, compiled from ``kernels.c`` on first use.
+
+Eager PyTorch runs each elementwise step of the mask update and of the masked weight's
+backward as its own pass over memory; these kernels do each job in one pass (see
+``kernels.c``). They cover float32, contiguous CPU tensors; everything else (CUDA, float64,
+block masks) takes the PyTorch code they replace, which stays the reference and is tested
+against them.
+
+The shared library is built with the system C compiler (``$CC``, else ``cc``) with OpenMP and
+``-march=native`` into ``$SPARTAN_NATIVE_CACHE`` (default ``~/.cache/spartan``), keyed by a
+hash of the source, the flags and the CPU, and reused by every later process. Building takes
+about a second; without a compiler the PyTorch code runs (a warning is logged once).
+``SPARTAN_NATIVE=0`` turns the kernels off; :func:`enabled` does the same in code.
+
+Threads: each call uses ``torch.get_num_threads()`` threads of the OpenMP runtime that PyTorch
+itself loaded, and reductions are summed in a fixed order, so results depend only on the
+thread count.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import platform
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+logger = logging.getLogger(__name__)
+
+_SOURCE = Path(__file__).with_name("kernels.c")
+_FLAGS = ["-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-shared", "-fPIC"]
+_LIBS = ["-lm"]
+MAX_THREADS = 256  # kernels.c MAX_THREADS
+
+_P, _F, _I, _L = ctypes.c_void_p, ctypes.c_float, ctypes.c_int, ctypes.c_int64
+_SIGNATURES = {
+    "sp_abs_scale": [_P, _P, _L, _F, _I, _P],
+    "sp_partition": [_P, _P, _L, ctypes.c_int32, _I, _I, _P, _P, _L, _P],
+    "sp_sigmoid_sums": [_P, _P, _L, _F, _F, _P, _I, _P],
+    "sp_fill_masks": [_P, _L, _F, _F, _F, _P, _P, _I, _P],
+    "sp_masked_forward": [_P, _P, _P, _P, _L, _I],
+    "sp_soft_backward": [_P, _P, _P, _F, _P, _L, _I, _P],
+    "sp_dual_add": [_P, _P, _P, _F, _I, _L, _I],
+    "sp_topk_backward_sums": [_P, _P, _P, _L, _I, _P],
+    "sp_topk_backward_apply": [_P, _P, _P, _F, _F, _P, _L, _I],
+}
+
+_switch = {"on": os.environ.get("SPARTAN_NATIVE", "1").strip().lower() not in {"0", "false", "no"}}
+
+
+def _cache_dir() -> Path:
+    configured = os.environ.get("SPARTAN_NATIVE_CACHE")
+    if configured:
+        return Path(configured)
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "spartan"
+
+
+def _cpu_signature() -> str:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor()
+    flags = next((line for line in text.splitlines() if line.startswith("flags")), "")
+    return platform.machine() + flags
+
+
+def _build(compiler: str) -> Path:
+    source = _SOURCE.read_bytes()
+    key = hashlib.sha256(
+        b"\0".join([source, " ".join(_FLAGS + _LIBS).encode(), _cpu_signature().encode()])
+    ).hexdigest()[:16]
+    target = _cache_dir() / f"spartan_kernels-{key}.so"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # build beside the target, then rename: concurrent processes never load a partial file
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    try:
+        subprocess.run(
+            [compiler, *_FLAGS, str(_SOURCE), "-o", tmp, *_LIBS],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        os.replace(tmp, target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    return target
+
+
+@functools.cache
+def _library() -> ctypes.CDLL | None:
+    compiler = os.environ.get("CC", "cc")
+    try:
+        lib = ctypes.CDLL(str(_build(compiler)))
+    except (OSError, subprocess.CalledProcessError) as exc:
+        detail = getattr(exc, "stderr", "") or str(exc)
+        logger.warning("spartan native kernels unavailable, using PyTorch code: %s", detail)
+        return None
+    for name, argtypes in _SIGNATURES.items():
+        fn = getattr(lib, name)
+        fn.argtypes = argtypes
+        fn.restype = None
+    return lib
+
+
+def available() -> bool:
+    """Whether the kernels are switched on and the library is built and loaded."""
+    return _switch["on"] and _library() is not None
+
+
+@contextlib.contextmanager
+def enabled(on: bool) -> Iterator[None]:
+    """Switch the kernels on or off inside the block (tests compare both paths)."""
+    previous = _switch["on"]
+    _switch["on"] = on
+    try:
+        yield
+    finally:
+        _switch["on"] = previous
+
+
+def usable(*tensors: Tensor | None) -> bool:
+    """Whether the kernels can take these tensors: float32 (bool/uint8 masks), contiguous, CPU."""
+    if not _switch["on"]:
+        return False
+    for t in tensors:
+        if t is None:
+            continue
+        if t.device.type != "cpu" or not t.is_contiguous():
+            return False
+        if t.dtype not in (torch.float32, torch.uint8, torch.bool):
+            return False
+    return _library() is not None
+
+
+def _ptr(t: Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def _threads() -> int:
+    return max(1, min(MAX_THREADS, torch.get_num_threads()))
+
+
+def _out(size: int) -> ctypes.Array:
+    return (ctypes.c_double * size)()
+
+
+def abs_scale(w: Tensor, out: Tensor, scale: float) -> tuple[float, int, int]:
+    """out = |w| * scale; returns (sum |w|, min and max bit patterns of out)."""
+    stats = _out(3)
+    _library().sp_abs_scale(_ptr(w), _ptr(out), w.numel(), scale, _threads(), stats)
+    return stats[0], int(stats[1]), int(stats[2])
+
+
+def partition(
+    u: Tensor, cost: Tensor | None, start: int, log_width: int, cap: int
+) -> tuple[float, Tensor | None]:
+    """Cost (or count) of entries above the window of bit patterns ``[start, start + 2**lw)``
+    and the indices of the entries inside it, or None when there are more than about ``cap``.
+    """
+    nt = _threads()
+    per_thread = cap // nt + 1
+    idx = torch.empty(nt * per_thread, dtype=torch.int64)
+    counts = torch.zeros(MAX_THREADS, dtype=torch.int64)
+    result = _out(2)
+    shift = min(log_width, 31)
+    _library().sp_partition(
+        _ptr(u),
+        _ptr(cost),
+        u.numel(),
+        start,
+        shift,
+        nt,
+        result,
+        _ptr(idx),
+        per_thread,
+        _ptr(counts),
+    )
+    used = counts[: int(result[1])].tolist()
+    if max(used) > per_thread:
+        return result[0], None
+    parts = [idx[t * per_thread : t * per_thread + c] for t, c in enumerate(used) if c]
+    inside = torch.cat(parts) if parts else idx[:0]
+    return result[0], inside
+
+
+def sigmoid_sums(
+    u: Tensor, cost: Tensor | None, a: float, b: float, out: Tensor | None
+) -> tuple[float, float]:
+    """(sum c m, sum c m^2) with m = sigmoid(a * u + b), written to ``out`` when given."""
+    sums = _out(2)
+    _library().sp_sigmoid_sums(_ptr(u), _ptr(cost), u.numel(), a, b, _ptr(out), _threads(), sums)
+    return sums[0], sums[1]
+
+
+def fill_masks(
+    u: Tensor, a: float, b: float, threshold: float, soft: Tensor, hard: Tensor
+) -> float:
+    """hard = u >= threshold, soft = sigmoid(a * u + b) (soft may be u); returns sum m (1 - m)."""
+    s_sum = _out(1)
+    _library().sp_fill_masks(
+        _ptr(u), u.numel(), a, b, threshold, _ptr(soft), _ptr(hard), _threads(), s_sum
+    )
+    return s_sum[0]
+
+
+def masked_forward(w: Tensor, m: Tensor, h: Tensor) -> Tensor:
+    """(w * m) * h as a new tensor shaped like w."""
+    out = torch.empty_like(w)
+    _library().sp_masked_forward(_ptr(w), _ptr(m), _ptr(h), _ptr(out), w.numel(), _threads())
+    return out
+
+
+def soft_backward(grad_out: Tensor, w: Tensor, m: Tensor, coef: float) -> tuple[Tensor, float]:
+    """(G * (m + coef * s * |w|), sum (G * w) * s) with s = m (1 - m)."""
+    grad = torch.empty_like(w)
+    dot = _out(1)
+    _library().sp_soft_backward(
+        _ptr(grad_out), _ptr(w), _ptr(m), coef, _ptr(grad), w.numel(), _threads(), dot
+    )
+    return grad, dot[0]
+
+
+def dual_add(grad: Tensor | None, w: Tensor, m: Tensor, coef: float) -> Tensor:
+    """grad + coef * m (1 - m) * sign(w), in place (a new tensor when grad is None)."""
+    accumulate = grad is not None
+    out = grad if grad is not None else torch.empty_like(w)
+    _library().sp_dual_add(
+        _ptr(out), _ptr(w), _ptr(m), coef, int(accumulate), w.numel(), _threads()
+    )
+    return out
+
+
+def topk_backward(g: Tensor, m: Tensor, cost: Tensor | None, scale: float) -> Tensor:
+    """scale * s * (g / c - sum g s / sum c s) with s = m (1 - m): soft top-k's backward."""
+    sums = _out(2)
+    lib = _library()
+    lib.sp_topk_backward_sums(_ptr(g), _ptr(m), _ptr(cost), g.numel(), _threads(), sums)
+    ratio = sums[0] / sums[1] if sums[1] > 0 else 0.0
+    out = torch.empty_like(m)
+    lib.sp_topk_backward_apply(
+        _ptr(g), _ptr(m), _ptr(cost), ratio, scale, _ptr(out), g.numel(), _threads()
+    )
+    return out
