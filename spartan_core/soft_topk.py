@@ -789,9 +789,10 @@ def hard_threshold_and_dual(
 class SoftTopKFunction(torch.autograd.Function):
     """Soft top-k mask of ``values`` with the implicit-differentiation backward of DESIGN 1.1.
 
-    ``apply(values, costs, budget, beta, dual_init, threshold_init, tol, max_iter)`` returns
-    ``(mask, hard_mask, stats)`` with ``stats = [threshold, dual, iterations]`` (float64). Only
-    ``mask`` is differentiable; costs and budget get no gradient:
+    ``apply(values, costs, total, budget, beta, dual_init, threshold_init, tol, max_iter, out)``
+    returns ``(mask, hard_mask, stats)`` with ``stats = [threshold, dual, iterations]``
+    (float64); ``total`` is the (validated) sum of the costs and ``out`` an optional pair of
+    output buffers. Only ``mask`` is differentiable; costs and budget get no gradient:
 
         dL/dv_j = beta * s_j * (g_j / c_j - sum_i g_i s_i / sum_i c_i s_i),  s = m (1 - m).
 
@@ -803,23 +804,34 @@ class SoftTopKFunction(torch.autograd.Function):
         ctx: torch.autograd.function.FunctionCtx,
         values: Tensor,
         costs: Tensor | float,
+        total: float,
         budget: float,
         beta: float,
         dual_init: float | None,
         threshold_init: float | None,
         tol: float,
         max_iter: int,
+        out: tuple[Tensor, Tensor] | None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         dtype = values.dtype
-        if isinstance(costs, Tensor):
-            seg = _make_segment(values / costs, costs, dtype, "values", "costs")
+        cost = costs if isinstance(costs, Tensor) else None
+        mask, hard = out if out is not None else (torch.empty_like(values), None)
+        fused = native.usable(values, cost, mask)
+        if cost is not None or costs != 1.0:
+            # u = v / c; the fused path keeps u in the mask buffer and overwrites it at the end
+            u = torch.div(values, costs, out=mask) if fused else values / costs
         else:
-            u = values if costs == 1.0 else values / costs
-            seg = _make_segment(u, costs, dtype, "values", "costs")
+            u = values
+        u, lo, hi = _unit_values(u, dtype, "values")
+        if cost is None:
+            seg = _Segment(u, float(costs), None, total, lo, hi)
+        else:
+            seg = _Segment(u, None, cost, total, lo, hi)
         segs = [seg]
-        # one buffer: integer keys for the selection, then the mask
-        buffer = torch.empty_like(seg.u)
-        keys = [buffer.view(_INT_VIEW[dtype])]
+        if hard is None:
+            hard = torch.empty(values.shape, dtype=torch.bool, device=values.device)
+        # the PyTorch path keys the selection in the mask buffer, then keeps the masks there
+        keys = None if fused else [mask.view(_INT_VIEW[dtype])]
         threshold, _, sample = _select(
             segs, budget * (1 - _REACH_SLACK), dtype, threshold_init, keys=keys
         )
@@ -829,11 +841,16 @@ class SoftTopKFunction(torch.autograd.Function):
             start = _sample_dual(sample, budget, beta)
         else:
             start = threshold
-        dual, iterations, evaluate = _solve(
-            segs, budget, beta, start, tol, max_iter, buffers=[buffer]
-        )
-        mask = buffer.fill_(1.0) if evaluate is None else evaluate.masks[0]
-        hard = torch.ge(seg.u, threshold)
+        buffers = None if fused else [mask]
+        dual, iterations, evaluate = _solve(segs, budget, beta, start, tol, max_iter, buffers)
+        if evaluate is None:
+            torch.ge(u, threshold, out=hard)
+            mask.fill_(1.0)
+        elif fused:  # one pass: hard mask, then the soft mask in place of u
+            native.fill_masks(u, beta, -beta * dual, threshold, mask, hard)
+            iterations += 1
+        else:
+            torch.ge(u, threshold, out=hard)
         stats = torch.tensor([threshold, dual, iterations], dtype=torch.float64)
         ctx.beta = beta
         ctx.scalar_cost = seg.scalar_cost
@@ -851,7 +868,7 @@ class SoftTopKFunction(torch.autograd.Function):
     ) -> tuple[Tensor | None, ...]:
         mask, cost = ctx.saved_tensors
         grad = _implicit_backward(grad_mask.contiguous(), mask, cost, ctx.scalar_cost, ctx.beta)
-        return grad, None, None, None, None, None, None, None
+        return grad, None, None, None, None, None, None, None, None, None
 
 
 def _implicit_backward(
@@ -898,6 +915,22 @@ def _implicit_backward(
     return out
 
 
+def _check_out(out: object, values: Tensor, dtype: torch.dtype) -> None:
+    """``out`` must be a (mask, hard_mask) pair of contiguous buffers shaped like values."""
+    if not (isinstance(out, tuple | list) and len(out) == 2):
+        raise ValueError("out: expected a (mask, hard_mask) pair of tensors")
+    for name, buf, want in (("out[0]", out[0], dtype), ("out[1]", out[1], torch.bool)):
+        if not isinstance(buf, Tensor):
+            raise ValueError(f"{name}: expected a tensor, got {type(buf).__name__}")
+        if buf.shape != values.shape or buf.dtype != want or buf.device != values.device:
+            raise ValueError(
+                f"{name}: expected shape {tuple(values.shape)}, dtype {want}, device "
+                f"{values.device}; got {tuple(buf.shape)}, {buf.dtype}, {buf.device}"
+            )
+        if not buf.is_contiguous():
+            raise ValueError(f"{name}: must be contiguous")
+
+
 def soft_topk(
     values: Tensor,
     costs: Tensor | float,
@@ -908,6 +941,7 @@ def soft_topk(
     threshold_init: float | None = None,
     tol: float | None = None,
     max_iter: int = 100,
+    out: tuple[Tensor, Tensor] | None = None,
 ) -> SoftTopKResult:
     """Cost-weighted soft top-k of DESIGN 1.1, differentiable w.r.t. ``values``.
 
@@ -921,6 +955,12 @@ def soft_topk(
         threshold_init: the previous step's threshold, to warm-start the hard top-k.
         tol: relative budget tolerance; default 1e-10 (float64), 1e-6 (float32).
         max_iter: maximum solver passes.
+        out: ``(mask, hard_mask)`` buffers to write the result into: (n,) of the computation
+            dtype (float32, or float64 for float64 values) and (n,) bool, on the values'
+            device. A loop calling this every step saves the page faults of fresh outputs
+            (on CPU about as long as the whole warm-started update). Writing into a buffer
+            whose previous mask is still part of an autograd graph makes that graph's
+            backward an error.
 
     Returns:
         A :class:`SoftTopKResult`.
@@ -928,7 +968,7 @@ def soft_topk(
     Raises:
         ValueError: naming the argument, for a non-1-D or non-float tensor, mismatched shapes,
             NaN/inf/negative values, non-positive or non-finite costs, a budget outside
-            (0, sum of costs], or a non-positive beta, tol or max_iter.
+            (0, sum of costs], a non-positive beta, tol or max_iter, or unfit ``out`` buffers.
     """
     dtype = _compute_dtype("values", values)
     beta = _check_positive("beta", beta)
@@ -946,9 +986,11 @@ def soft_topk(
         costs = _check_positive("costs", costs)
         total = costs * values.numel()
     k = _check_budget(budget, total)
+    if out is not None:
+        _check_out(out, values, dtype)
     input_dtype = values.dtype
     mask, hard, stats = SoftTopKFunction.apply(
-        values.to(dtype), costs, k, beta, dual_init, threshold_init, tol, max_iter
+        values.to(dtype), costs, total, k, beta, dual_init, threshold_init, tol, max_iter, out
     )
     threshold, dual, iterations = stats.tolist()
     return SoftTopKResult(

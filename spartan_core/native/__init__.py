@@ -12,6 +12,9 @@ hash of the source, the flags and the CPU, and reused by every later process. Bu
 about a second; without a compiler the PyTorch code runs (a warning is logged once).
 ``SPARTAN_NATIVE=0`` turns the kernels off; :func:`enabled` does the same in code.
 
+Writing into an existing tensor bumps its autograd version counter, as an in-place PyTorch
+operation would, so a mask overwritten while a graph still needs it is an error at backward.
+
 Threads: each call uses ``torch.get_num_threads()`` threads of the OpenMP runtime that PyTorch
 itself loaded, and reductions are summed in a fixed order, so results depend only on the
 thread count.
@@ -33,11 +36,13 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
+from torch.autograd.graph import increment_version
 
 logger = logging.getLogger(__name__)
 
 _SOURCE = Path(__file__).with_name("kernels.c")
-_FLAGS = ["-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-shared", "-fPIC"]
+_FLAGS = ["-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-ffp-contract=off"]
+_FLAGS += ["-shared", "-fPIC"]
 _LIBS = ["-lm"]
 MAX_THREADS = 256  # kernels.c MAX_THREADS
 
@@ -162,6 +167,7 @@ def abs_scale(w: Tensor, out: Tensor, scale: float) -> tuple[float, int, int]:
     """out = |w| * scale; returns (sum |w|, min and max bit patterns of out)."""
     stats = _out(3)
     _library().sp_abs_scale(_ptr(w), _ptr(out), w.numel(), scale, _threads(), stats)
+    increment_version(out)
     return stats[0], int(stats[1]), int(stats[2])
 
 
@@ -203,6 +209,8 @@ def sigmoid_sums(
     """(sum c m, sum c m^2) with m = sigmoid(a * u + b), written to ``out`` when given."""
     sums = _out(2)
     _library().sp_sigmoid_sums(_ptr(u), _ptr(cost), u.numel(), a, b, _ptr(out), _threads(), sums)
+    if out is not None:
+        increment_version(out)
     return sums[0], sums[1]
 
 
@@ -214,6 +222,7 @@ def fill_masks(
     _library().sp_fill_masks(
         _ptr(u), u.numel(), a, b, threshold, _ptr(soft), _ptr(hard), _threads(), s_sum
     )
+    increment_version((soft, hard))
     return s_sum[0]
 
 
@@ -241,6 +250,8 @@ def dual_add(grad: Tensor | None, w: Tensor, m: Tensor, coef: float) -> Tensor:
     _library().sp_dual_add(
         _ptr(out), _ptr(w), _ptr(m), coef, int(accumulate), w.numel(), _threads()
     )
+    if accumulate:
+        increment_version(out)
     return out
 
 

@@ -16,19 +16,27 @@
  * in [-ln2/2, ln2/2] (Cody-Waite split of ln 2), exp(r) by the Cephes degree-6 polynomial
  * (about 1 ulp). z is clamped to [-86, 40] so that 2^k stays a normal float; sigmoid(x) for
  * x <= -40 (below 4.3e-18) is returned as exactly 0, so no denormal reaches later products. */
+#if defined(__FMA__) || defined(__ARM_FEATURE_FMA)
+#define MADD(a, b, c) fmaf(a, b, c)
+#else
+#define MADD(a, b, c) ((a) * (b) + (c))
+#endif
+
+/* Built with -ffp-contract=off: every fused multiply-add is written out, so each kernel
+ * rounds the same way and the mask a kernel writes is bit-for-bit the one another computes. */
 static inline float sigmoid(float x) {
     float z = -x;
     float zc = z < -86.0f ? -86.0f : (z > 40.0f ? 40.0f : z);
     float k = (zc * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* round to nearest */
-    float r = zc - k * 0.693359375f;
-    r = r + k * 2.12194440e-4f;
+    float r = MADD(k, -0.693359375f, zc);
+    r = MADD(k, 2.12194440e-4f, r);
     float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * (r * r) + r + 1.0f;
+    p = MADD(p, r, 1.3981999507e-3f);
+    p = MADD(p, r, 8.3334519073e-3f);
+    p = MADD(p, r, 4.1665795894e-2f);
+    p = MADD(p, r, 1.6666665459e-1f);
+    p = MADD(p, r, 5.0000001201e-1f);
+    p = MADD(p, r * r, r) + 1.0f;
     int32_t bits;
     memcpy(&bits, &p, 4);
     bits += (int32_t)k << 23;
@@ -164,7 +172,7 @@ static inline void sigmoid_block(const float *u, const float *cost, int64_t k, i
     float q1 = 0.0f, q2 = 0.0f;
 #pragma omp simd reduction(+ : q1, q2)
     for (int64_t i = k; i < e; i++) {
-        float m = sigmoid(a * u[i] + b);
+        float m = sigmoid(MADD(a, u[i], b));
         if (has_out) out[i] = m;
         float cm = has_cost ? cost[i] * m : m;
         q1 += cm;
@@ -230,7 +238,7 @@ void sp_fill_masks(const float *u, int64_t n, float a, float b, float threshold,
 #pragma omp simd reduction(+ : part)
             for (int64_t i = k; i < e; i++) {
                 float v = u[i];
-                float m = sigmoid(a * v + b);
+                float m = sigmoid(MADD(a, v, b));
                 hard[i] = v >= threshold;
                 soft[i] = m;
                 part += m - m * m;

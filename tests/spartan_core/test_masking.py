@@ -250,10 +250,11 @@ def test_straight_through_gradient_is_the_upstream_gradient() -> None:
     assert_close(sparsifier._original(1).grad, upstream)
 
 
-def test_updating_masks_between_forward_and_backward_is_an_error() -> None:
-    model = _mlp()
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])  # float32: native kernels
+def test_updating_masks_between_forward_and_backward_is_an_error(dtype: torch.dtype) -> None:
+    model = _mlp(dtype)
     sparsifier = Sparsifier(model, _config(), total_steps=5)
-    loss = model(torch.randn(2, 4, dtype=torch.float64)).sum()
+    loss = model(torch.randn(2, 4, dtype=dtype)).sum()
     sparsifier.step()
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         loss.backward()

@@ -146,7 +146,11 @@ def test_soft_topk_matches_the_pytorch_path(costs: str, warm: bool) -> None:
     assert torch.equal(got.hard_mask, ref.hard_mask)
     assert got.dual == pytest.approx(ref.dual, rel=1e-6, abs=1e-9)
     assert_close(got.mask, ref.mask, rtol=1e-4, atol=2e-6)
-    kept = float((c * got.mask.detach().double()).sum()) if costs == "random" else float(got.mask.detach().sum())
+    kept = (
+        float((c * got.mask.detach().double()).sum())
+        if costs == "random"
+        else float(got.mask.detach().sum())
+    )
     assert kept == pytest.approx(0.1 * total, rel=1e-5)
     assert_close(got_grad, ref_grad, rtol=1e-3, atol=1e-3 * float(ref_grad.abs().max()))
 

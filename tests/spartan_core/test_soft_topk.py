@@ -351,7 +351,9 @@ def test_gradcheck_function_directly() -> None:
     c = _costs("random", 9, seed=3)
 
     def fn(x: torch.Tensor) -> torch.Tensor:
-        return SoftTopKFunction.apply(x, c, 4.0, 2.0, None, None, 1e-14, 100)[0]
+        return SoftTopKFunction.apply(x, c, float(c.sum()), 4.0, 2.0, None, None, 1e-14, 100, None)[
+            0
+        ]
 
     assert torch.autograd.gradcheck(fn, (v,), eps=1e-6, atol=1e-6)
 
@@ -539,3 +541,47 @@ def test_negative_zero_values_are_zeros() -> None:
     assert r.hard_mask.tolist() == [True, True, True, True, True]
     assert float(r.mask.sum()) == pytest.approx(4.0, rel=1e-9)
     assert hard_threshold([(v, 1.0)], 5.0) == 0.0
+
+
+@pytest.mark.parametrize("native_on", [False, True])
+@pytest.mark.parametrize("cost_kind", ["unit", "scalar", "random"])
+def test_out_buffers_receive_the_same_result(native_on: bool, cost_kind: str) -> None:
+    from spartan_core import native
+
+    n = 5000
+    v = _values("uniform", n, seed=4, dtype=torch.float32)
+    costs = _costs(cost_kind, n, seed=4, dtype=torch.float32)
+    budget = 0.2 * float(_cost_tensor(costs, n).sum())
+    with native.enabled(native_on):
+        fresh = soft_topk(v, costs, budget, 8.0)
+        out = (torch.full((n,), -1.0), torch.zeros(n, dtype=torch.bool))
+        into = soft_topk(v, costs, budget, 8.0, out=out)
+        again = soft_mask(v / costs, into.dual, 8.0)
+    assert into.mask.data_ptr() == out[0].data_ptr()
+    assert into.hard_mask.data_ptr() == out[1].data_ptr()
+    assert torch.equal(into.mask, fresh.mask)
+    assert torch.equal(into.hard_mask, fresh.hard_mask)
+    assert (into.threshold, into.dual) == (fresh.threshold, fresh.dual)
+    if cost_kind != "scalar":  # v / c rounds as the solver's own division does
+        assert torch.equal(again, into.mask)
+
+
+def test_out_buffers_are_checked_and_reuse_is_caught() -> None:
+    v = torch.rand(100)
+    good = (torch.empty(100), torch.empty(100, dtype=torch.bool))
+    bad = {
+        "pair": (torch.empty(100),),
+        "out[0]": (torch.empty(99), good[1]),
+        "dtype": (torch.empty(100, dtype=torch.float64), good[1]),
+        "out[1]": (good[0], torch.empty(100)),
+        "contiguous": (torch.empty(200)[::2], good[1]),
+    }
+    for name, out in bad.items():
+        with pytest.raises(ValueError, match=r"out"):
+            soft_topk(v, 1.0, 10.0, 5.0, out=out)  # type: ignore[arg-type]
+        assert name
+    leaf = v.clone().requires_grad_()
+    loss = soft_topk(leaf, 1.0, 10.0, 5.0, out=good).mask.sum()
+    soft_topk(leaf, 1.0, 20.0, 5.0, out=good)  # overwrites the mask the first graph saved
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
