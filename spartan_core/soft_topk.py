@@ -817,12 +817,16 @@ class SoftTopKFunction(torch.autograd.Function):
         cost = costs if isinstance(costs, Tensor) else None
         mask, hard = out if out is not None else (torch.empty_like(values), None)
         fused = native.usable(values, cost, mask)
-        if cost is not None or costs != 1.0:
-            # u = v / c; the fused path keeps u in the mask buffer and overwrites it at the end
-            u = torch.div(values, costs, out=mask) if fused else values / costs
+        if cost is not None and fused:
+            # u = v / c, checked in the same pass; u lives in the mask buffer until the end
+            lo_bits, hi_bits = native.divide(values, cost, mask)
+            if lo_bits >= 0 and hi_bits < _INF_BITS[dtype]:
+                u, lo, hi = mask, _from_bits(lo_bits, dtype), _from_bits(hi_bits, dtype)
+            else:  # raises, or makes -0.0 entries +0.0
+                u, lo, hi = _unit_values(mask, dtype, "values")
         else:
-            u = values
-        u, lo, hi = _unit_values(u, dtype, "values")
+            u = values if cost is None and costs == 1.0 else values / costs
+            u, lo, hi = _unit_values(u, dtype, "values")
         if cost is None:
             seg = _Segment(u, float(costs), None, total, lo, hi)
         else:

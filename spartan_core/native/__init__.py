@@ -49,6 +49,7 @@ MAX_THREADS = 256  # kernels.c MAX_THREADS
 _P, _F, _I, _L = ctypes.c_void_p, ctypes.c_float, ctypes.c_int, ctypes.c_int64
 _SIGNATURES = {
     "sp_abs_scale": [_P, _P, _L, _F, _I, _P],
+    "sp_divide": [_P, _P, _P, _L, _I, _P],
     "sp_partition": [_P, _P, _L, ctypes.c_int32, _I, _I, _P, _P, _L, _P],
     "sp_sigmoid_sums": [_P, _P, _L, _F, _F, _P, _I, _P],
     "sp_fill_masks": [_P, _L, _F, _F, _F, _P, _P, _I, _P],
@@ -171,6 +172,14 @@ def abs_scale(w: Tensor, out: Tensor, scale: float) -> tuple[float, int, int]:
     return stats[0], int(stats[1]), int(stats[2])
 
 
+def divide(v: Tensor, c: Tensor, out: Tensor) -> tuple[int, int]:
+    """out = v / c; returns the min and max signed bit patterns of out (for validation)."""
+    bits = (ctypes.c_int64 * 2)()
+    _library().sp_divide(_ptr(v), _ptr(c), _ptr(out), v.numel(), _threads(), bits)
+    increment_version(out)
+    return bits[0], bits[1]
+
+
 def partition(
     u: Tensor, cost: Tensor | None, start: int, log_width: int, cap: int
 ) -> tuple[float, Tensor | None]:
@@ -255,13 +264,17 @@ def dual_add(grad: Tensor | None, w: Tensor, m: Tensor, coef: float) -> Tensor:
     return out
 
 
-def topk_backward(g: Tensor, m: Tensor, cost: Tensor | None, scale: float) -> Tensor:
-    """scale * s * (g / c - sum g s / sum c s) with s = m (1 - m): soft top-k's backward."""
+def topk_backward(
+    g: Tensor, m: Tensor, cost: Tensor | None, scale: float, out: Tensor | None = None
+) -> Tensor:
+    """scale * s * (g / c - sum g s / sum c s) with s = m (1 - m): soft top-k's backward,
+    into ``out`` when given (else a new tensor)."""
     sums = _out(2)
     lib = _library()
     lib.sp_topk_backward_sums(_ptr(g), _ptr(m), _ptr(cost), g.numel(), _threads(), sums)
     ratio = sums[0] / sums[1] if sums[1] > 0 else 0.0
-    out = torch.empty_like(m)
+    if out is None:
+        out = torch.empty_like(m)
     lib.sp_topk_backward_apply(
         _ptr(g), _ptr(m), _ptr(cost), ratio, scale, _ptr(out), g.numel(), _threads()
     )

@@ -105,6 +105,38 @@ void sp_abs_scale(const float *w, float *out, int64_t n, float scale, int nt, do
     stats[2] = (double)high;
 }
 
+/* out = v / c; bits = {min, max} of the bit patterns of out (signed: negatives and -0.0 come
+ * out below 0, NaN and inf at or above the bits of inf). */
+void sp_divide(const float *v, const float *c, float *out, int64_t n, int nt, int64_t *bits) {
+    nt = threads_for(n, nt);
+    int32_t lows[MAX_THREADS], highs[MAX_THREADS];
+#pragma omp parallel num_threads(nt)
+    {
+        int t = omp_get_thread_num();
+        int64_t lo, hi;
+        range_of(n, nt, t, &lo, &hi);
+        int32_t low = INT32_MAX, high = INT32_MIN;
+#pragma omp simd reduction(min : low) reduction(max : high)
+        for (int64_t i = lo; i < hi; i++) {
+            float q = v[i] / c[i];
+            int32_t b;
+            memcpy(&b, &q, 4);
+            out[i] = q;
+            low = b < low ? b : low;
+            high = b > high ? b : high;
+        }
+        lows[t] = low;
+        highs[t] = high;
+    }
+    int32_t low = INT32_MAX, high = INT32_MIN;
+    for (int t = 0; t < nt; t++) {
+        low = lows[t] < low ? lows[t] : low;
+        high = highs[t] > high ? highs[t] : high;
+    }
+    bits[0] = low;
+    bits[1] = high;
+}
+
 /* Keys the bit patterns of u against the window [start, start + 2^log_width):
  * result = {count (cost == NULL) or cost of the entries above the window, threads used}; the
  * indices of the
@@ -318,11 +350,20 @@ void sp_topk_backward_sums(const float *g, const float *m, const float *cost, in
         for (int64_t k = lo; k < hi; k += BLOCK) {
             int64_t e = k + BLOCK < hi ? k + BLOCK : hi;
             float p1 = 0.0f, p2 = 0.0f;
+            if (cost) {
 #pragma omp simd reduction(+ : p1, p2)
-            for (int64_t i = k; i < e; i++) {
-                float s = m[i] - m[i] * m[i];
-                p1 += g[i] * s;
-                p2 += cost ? cost[i] * s : s;
+                for (int64_t i = k; i < e; i++) {
+                    float s = m[i] - m[i] * m[i];
+                    p1 += g[i] * s;
+                    p2 += cost[i] * s;
+                }
+            } else {
+#pragma omp simd reduction(+ : p1, p2)
+                for (int64_t i = k; i < e; i++) {
+                    float s = m[i] - m[i] * m[i];
+                    p1 += g[i] * s;
+                    p2 += s;
+                }
             }
             t1 += p1;
             t2 += p2;

@@ -74,6 +74,14 @@ def test_each_kernel_matches_pytorch(threads: int) -> None:
 
         assert_close(native.masked_forward(w, m, h), w * m * h, rtol=0, atol=0)
 
+        q = torch.empty(n)
+        lo_bits, hi_bits = native.divide(w, cost, q)
+        assert_close(q, w / cost, rtol=0, atol=0)
+        assert (lo_bits, hi_bits) == (
+            int(q.view(torch.int32).min()),
+            int(q.view(torch.int32).max()),
+        )
+
         s = m * (1 - m)
         grad, dot = native.soft_backward(g, w, m, 0.7)
         assert_close(grad, g * (m + 0.7 * s * w.abs()), rtol=1e-6, atol=1e-7)
@@ -216,3 +224,22 @@ def test_the_switch_turns_the_kernels_off(tmp_path: Path) -> None:
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
     )
     assert run.stdout.strip() == "False", run.stderr
+
+
+@pytest.mark.parametrize("bad", ["nan", "inf", "negative"])
+def test_bad_values_are_named_on_the_fused_path(bad: str) -> None:
+    v = torch.rand(10_000)
+    v[77] = {"nan": float("nan"), "inf": float("inf"), "negative": -1.0}[bad]
+    costs = torch.rand(10_000) + 0.5
+    message = {"nan": "values: contains NaN", "inf": "values: contains inf"}
+    with pytest.raises(ValueError, match=message.get(bad, "values: values must be non-negative")):
+        soft_topk(v, costs, 100.0, 5.0)
+
+
+def test_negative_zero_values_are_kept_as_zero() -> None:
+    v = torch.rand(10_000)
+    v[:100] = -0.0
+    costs = torch.rand(10_000) + 0.5
+    ref, got = _both(lambda: soft_topk(v, costs, 100.0, 5.0))
+    assert got.threshold == ref.threshold
+    assert torch.equal(got.hard_mask, ref.hard_mask)
