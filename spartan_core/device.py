@@ -57,6 +57,12 @@ def needs_grad_scaler(device: torch.device) -> bool:
     return autocast_dtype(device) == torch.float16
 
 
+def all_on_cpu(*tensors: torch.Tensor | None) -> bool:
+    """Whether every given tensor (None skipped) lives in CPU memory: the native kernels'
+    domain (spartan_core.native); elsewhere the PyTorch code runs."""
+    return all(t is None or t.device.type == "cpu" for t in tensors)
+
+
 def synchronize(device: torch.device) -> None:
     """Wait for queued work on ``device`` (a no-op on CPU); use before reading timers."""
     if device.type == "cuda":

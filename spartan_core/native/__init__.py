@@ -38,6 +38,8 @@ import torch
 from torch import Tensor
 from torch.autograd.graph import increment_version
 
+from spartan_core.device import all_on_cpu
+
 logger = logging.getLogger(__name__)
 
 _SOURCE = Path(__file__).with_name("kernels.c")
@@ -140,14 +142,12 @@ def enabled(on: bool) -> Iterator[None]:
 
 def usable(*tensors: Tensor | None) -> bool:
     """Whether the kernels can take these tensors: float32 (bool/uint8 masks), contiguous, CPU."""
-    if not _switch["on"]:
+    if not _switch["on"] or not all_on_cpu(*tensors):
         return False
     for t in tensors:
         if t is None:
             continue
-        if t.device.type != "cpu" or not t.is_contiguous():
-            return False
-        if t.dtype not in (torch.float32, torch.uint8, torch.bool):
+        if not t.is_contiguous() or t.dtype not in (torch.float32, torch.uint8, torch.bool):
             return False
     return _library() is not None
 

@@ -243,3 +243,13 @@ def test_negative_zero_values_are_kept_as_zero() -> None:
     ref, got = _both(lambda: soft_topk(v, costs, 100.0, 5.0))
     assert got.threshold == ref.threshold
     assert torch.equal(got.hard_mask, ref.hard_mask)
+
+
+def test_only_contiguous_float32_cpu_tensors_take_the_kernels() -> None:
+    x = torch.rand(64)
+    assert native.usable(x, None, torch.zeros(64, dtype=torch.bool))
+    assert not native.usable(x.double())
+    assert not native.usable(torch.rand(8, 8).t())
+    assert not native.usable(x, torch.empty(64, device="meta"))  # not in CPU memory
+    with native.enabled(False):
+        assert not native.usable(x)
