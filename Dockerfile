@@ -6,10 +6,12 @@ FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
-    SPARTAN_HOME=/var/lib/spartan
+    SPARTAN_HOME=/var/lib/spartan \
+    SPARTAN_NATIVE_CACHE=/var/lib/spartan/native
 
+# gcc and libc headers: spartan_core.native compiles its fused CPU kernels on first use.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends curl \
+    && apt-get install -y --no-install-recommends curl gcc libc6-dev \
     && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /app

@@ -71,3 +71,12 @@ def test_dockerfile_installs_the_package(compose: dict[str, Any]) -> None:
     assert dockerfile.startswith("#") and "FROM python:3.11" in dockerfile
     assert "pip install" in dockerfile and "spartan" in dockerfile
     assert compose["services"]["api"]["build"] == "."
+
+
+def test_image_can_build_the_native_kernels() -> None:
+    """The workers compile spartan_core's fused CPU kernels on first use: the image needs a
+    C compiler and a writable cache for them."""
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert " gcc " in dockerfile and "libc6-dev" in dockerfile
+    assert "SPARTAN_NATIVE_CACHE=/var/lib/spartan/" in dockerfile  # chowned to the user
+    assert "chown -R spartan:spartan /var/lib/spartan" in dockerfile
