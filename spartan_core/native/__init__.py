@@ -7,7 +7,8 @@ block masks) takes the PyTorch code they replace, which stays the reference and 
 against them.
 
 The shared library is built with the system C compiler (``$CC``, else ``cc``) with OpenMP and
-``-march=native`` into ``$SPARTAN_NATIVE_CACHE`` (default ``~/.cache/spartan``), keyed by a
+``-march=native`` (falling back to a single-threaded, then a generic build where the compiler
+refuses those flags) into ``$SPARTAN_NATIVE_CACHE`` (default ``~/.cache/spartan``), keyed by a
 hash of the source, the flags and the CPU, and reused by every later process. Building takes
 about a second; without a compiler the PyTorch code runs (a warning is logged once).
 ``SPARTAN_NATIVE=0`` turns the kernels off; :func:`enabled` does the same in code.
@@ -43,8 +44,13 @@ from spartan_core.device import all_on_cpu
 logger = logging.getLogger(__name__)
 
 _SOURCE = Path(__file__).with_name("kernels.c")
-_FLAGS = ["-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-ffp-contract=off"]
-_FLAGS += ["-shared", "-fPIC"]
+_COMMON = ["-O3", "-fno-math-errno", "-ffp-contract=off", "-shared", "-fPIC"]
+# tried in order: compilers without OpenMP (Apple clang) or -march=native still get a build
+_FLAG_SETS = (
+    ["-march=native", "-fopenmp", *_COMMON],
+    ["-march=native", "-fopenmp-simd", *_COMMON],
+    ["-fopenmp-simd", *_COMMON],
+)
 _LIBS = ["-lm"]
 MAX_THREADS = 256  # kernels.c MAX_THREADS
 
@@ -83,29 +89,32 @@ def _cpu_signature() -> str:
 
 
 def _build(compiler: str) -> Path:
+    """The shared library for the first flag set that compiles (cached by content hash)."""
     source = _SOURCE.read_bytes()
-    key = hashlib.sha256(
-        b"\0".join([source, " ".join(_FLAGS + _LIBS).encode(), _cpu_signature().encode()])
-    ).hexdigest()[:16]
-    target = _cache_dir() / f"spartan_kernels-{key}.so"
-    if target.exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # build beside the target, then rename: concurrent processes never load a partial file
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
-    os.close(fd)
-    try:
-        subprocess.run(
-            [compiler, *_FLAGS, str(_SOURCE), "-o", tmp, *_LIBS],
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        os.replace(tmp, target)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-    return target
+    failures = []
+    for flags in _FLAG_SETS:
+        key = hashlib.sha256(
+            b"\0".join([source, " ".join(flags + _LIBS).encode(), _cpu_signature().encode()])
+        ).hexdigest()[:16]
+        target = _cache_dir() / f"spartan_kernels-{key}.so"
+        if target.exists():
+            return target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # build beside the target, then rename: concurrent processes never load a partial file
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+        os.close(fd)
+        try:
+            run = subprocess.run(
+                [compiler, *flags, str(_SOURCE), "-o", tmp, *_LIBS], capture_output=True, text=True
+            )
+            if run.returncode == 0:
+                os.replace(tmp, target)
+                return target
+            failures.append(f"{' '.join(flags)}: {run.stderr.strip()[-500:]}")
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+    raise OSError("could not compile kernels.c:\n" + "\n".join(failures))
 
 
 @functools.cache
@@ -113,9 +122,8 @@ def _library() -> ctypes.CDLL | None:
     compiler = os.environ.get("CC", "cc")
     try:
         lib = ctypes.CDLL(str(_build(compiler)))
-    except (OSError, subprocess.CalledProcessError) as exc:
-        detail = getattr(exc, "stderr", "") or str(exc)
-        logger.warning("spartan native kernels unavailable, using PyTorch code: %s", detail)
+    except OSError as exc:  # no compiler, a failed build or an unloadable library
+        logger.warning("spartan native kernels unavailable, using PyTorch code: %s", exc)
         return None
     for name, argtypes in _SIGNATURES.items():
         fn = getattr(lib, name)

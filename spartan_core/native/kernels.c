@@ -8,9 +8,13 @@
  * Sigmoid saturates to exactly 0 or 1 (see sigmoid()), so no input gives inf or NaN.
  */
 #include <math.h>
-#include <omp.h>
 #include <stdint.h>
 #include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#else /* built without OpenMP: one thread (threads_for returns 1) */
+static inline int omp_get_thread_num(void) { return 0; }
+#endif
 
 /* sigmoid(x) = 1 / (1 + exp(-x)) with a vectorisable exp: exp(z) = 2^k exp(r), r = z - k ln 2
  * in [-ln2/2, ln2/2] (Cody-Waite split of ln 2), exp(r) by the Cephes degree-6 polynomial
@@ -55,6 +59,9 @@ static inline void range_of(int64_t n, int nt, int t, int64_t *lo, int64_t *hi) 
 }
 
 static inline int threads_for(int64_t n, int nt) {
+#ifndef _OPENMP
+    return 1;
+#endif
     int64_t most = n / (64 * BLOCK) + 1; /* small inputs are not worth waking threads */
     if (nt > most) nt = (int)most;
     if (nt > MAX_THREADS) nt = MAX_THREADS;

@@ -253,3 +253,29 @@ def test_only_contiguous_float32_cpu_tensors_take_the_kernels() -> None:
     assert not native.usable(x, torch.empty(64, device="meta"))  # not in CPU memory
     with native.enabled(False):
         assert not native.usable(x)
+
+
+def test_a_compiler_without_openmp_gets_a_single_threaded_build(tmp_path: Path) -> None:
+    wrapper = tmp_path / "cc-without-openmp"
+    wrapper.write_text(
+        '#!/bin/sh\nfor a in "$@"; do [ "$a" = -fopenmp ] && exit 1; done\nexec cc "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    code = (
+        "import torch\n"
+        "from spartan_core import native\n"
+        "torch.set_num_threads(2)\n"
+        "u = torch.rand(1_000_003)\n"
+        "got = native.sigmoid_sums(u, None, 3.0, -1.0, None)[0]\n"
+        "want = float(torch.sigmoid(3.0 * u.double() - 1.0).sum())\n"
+        "assert abs(got - want) < 1e-5 * want, (got, want)\n"
+        "print(native.available())\n"
+    )
+    env = {**os.environ, "CC": str(wrapper), "SPARTAN_NATIVE_CACHE": str(tmp_path / "cache")}
+    run = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "True"
+    (library,) = (tmp_path / "cache").glob("spartan_kernels-*.so")
+    assert "GOMP" not in library.read_bytes().decode("latin-1")  # no OpenMP runtime linked
