@@ -32,6 +32,11 @@ Solvers (both linear in n, no full sort):
   the tolerance. Warm-started from the previous step's lam it needs 1-2 passes; cold it starts
   from a dual solved on the sample and needs about 3.
 
+Kernels: on contiguous float32 CPU tensors each pass above (the window keying, the dual's
+sums, the final soft and hard masks, the backward) runs as one fused C kernel from
+:mod:`spartan_core.native`; elsewhere the same passes run as PyTorch operations. The two agree
+to float32 rounding and select the same threshold.
+
 Segments: the Sparsifier keeps one budget over many layers. Functions taking ``segments``
 accept a list of ``(unit_values, cost)`` pairs, one per layer, where ``cost`` is a python float
 shared by the whole segment or a tensor of per-entry costs; segments are never concatenated.
