@@ -105,6 +105,18 @@ def _keep_all(group: DualGroup, fraction: float, beta: float) -> None:
     group.scale, group.s_cost, group.iterations = 1.0, 0.0, 0
 
 
+def _unit_values_into(layer: MaskParametrization, weight: Tensor, out: Tensor) -> float | Tensor:
+    """u = v / c into ``out`` (entry layout); returns the sum of the values v (a 0-d tensor
+    from the PyTorch path, so that GPUs are not synchronised layer by layer)."""
+    if layer.unstructured and native.usable(weight, out):
+        return native.abs_scale(weight, out, 1.0 / layer.cost)[0]
+    values = layer.entry_values(weight, out=out)
+    total = values.sum(dtype=torch.float64)
+    if layer.cost != 1.0:
+        values.mul_(1.0 / layer.cost)
+    return total
+
+
 def _warm(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
@@ -130,17 +142,12 @@ class Spartan(Method):
             return
         layers = group.layers
         # The soft buffers hold the unit values until the dual is known: no full-size copy.
-        total_value = 0.0
-        total_cost = 0.0
-        for layer, weight in zip(layers, weights, strict=True):
-            total_cost += layer.cost * layer.n_entries
-            if layer.unstructured and native.usable(weight, layer.soft):
-                total_value += native.abs_scale(weight, layer.soft, 1.0 / layer.cost)[0]
-                continue
-            values = layer.entry_values(weight, out=layer.soft)
-            total_value += float(values.sum())
-            if layer.cost != 1.0:
-                values.mul_(1.0 / layer.cost)  # u = v / c
+        value_sums = [
+            _unit_values_into(layer, weight, layer.soft)
+            for layer, weight in zip(layers, weights, strict=True)
+        ]
+        total_value = float(sum(value_sums))
+        total_cost = sum(layer.cost * layer.n_entries for layer in layers)
         # Scaling the unit values by 1 / S is the same as dividing beta by S: slope b = beta / S.
         scale = total_value / total_cost if value_scale == "mean" and total_value > 0 else 1.0
         slope = beta / scale
@@ -209,8 +216,8 @@ class _HardMethod(Method):
             return
         units = []
         for layer, weight in zip(group.layers, weights, strict=True):
-            values = layer.entry_values(weight)
-            units.append(values if layer.cost == 1.0 else values.mul_(1.0 / layer.cost))
+            units.append(weight.new_empty(layer.entry_shape))
+            _unit_values_into(layer, weight, units[-1])
         total_cost = sum(layer.cost * layer.n_entries for layer in group.layers)
         segments = [(u.view(-1), layer.cost) for u, layer in zip(units, group.layers, strict=True)]
         threshold = hard_threshold(segments, fraction * total_cost, init=_warm(group.threshold))
