@@ -27,7 +27,7 @@ from cost_models.probe import LayerCall, probe
 from cost_models.registry import register
 from spartan_core.blocks import BlockShape, block_grid, expand_block_mask
 from spartan_core.costs import LayerCost
-from spartan_core.layers import MaskTarget, get_submodule
+from spartan_core.layers import MaskTarget, conv2d_like, get_submodule
 
 logger = logging.getLogger(__name__)
 
@@ -260,18 +260,7 @@ def _sparse_layer(
 ) -> nn.Module:
     """The deployment kernel of one layer with the given (masked) weight."""
     if target.kind == "conv2d":
-        conv = nn.Conv2d(
-            module.in_channels,
-            module.out_channels,
-            module.kernel_size,
-            stride=module.stride,
-            padding=module.padding,
-            dilation=module.dilation,
-            groups=module.groups,
-            bias=module.bias is not None,
-            padding_mode=module.padding_mode,
-            device="meta",
-        )
+        conv = conv2d_like(module, device="meta")
         conv.weight = nn.Parameter(weight, requires_grad=False)
         if conv.bias is not None:
             conv.bias = nn.Parameter(torch.zeros(weight.shape[0], device=weight.device))

@@ -121,3 +121,20 @@ def find_targets(
 def get_submodule(model: nn.Module, module_name: str) -> nn.Module:
     """The module at a fully qualified name ("" is the model itself)."""
     return model.get_submodule(module_name) if module_name else model
+
+
+def conv2d_like(conv: nn.Conv2d, *, in_channels: int | None = None, **factory: object) -> nn.Conv2d:
+    """A new Conv2d with ``conv``'s hyper-parameters (optionally another input width), freshly
+    initialised; ``factory`` takes ``device`` and ``dtype``."""
+    return nn.Conv2d(
+        conv.in_channels if in_channels is None else in_channels,
+        conv.out_channels,
+        conv.kernel_size,  # type: ignore[arg-type]
+        stride=conv.stride,  # type: ignore[arg-type]
+        padding=conv.padding,  # type: ignore[arg-type]
+        dilation=conv.dilation,  # type: ignore[arg-type]
+        groups=conv.groups,
+        bias=conv.bias is not None,
+        padding_mode=conv.padding_mode,
+        **factory,  # type: ignore[arg-type]
+    )

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from spartan.spec import ModelSpec
+from spartan_core.layers import conv2d_like
 
 log = logging.getLogger(__name__)
 
@@ -151,18 +152,8 @@ def _adapt_first_conv(model: nn.Module, channels: int) -> None:
     """Replace the first 3-channel Conv2d with one taking ``channels`` inputs."""
     for name, module in model.named_modules():
         if isinstance(module, nn.Conv2d) and module.in_channels == 3:
-            new = nn.Conv2d(
-                channels,
-                module.out_channels,
-                module.kernel_size,
-                stride=module.stride,
-                padding=module.padding,
-                dilation=module.dilation,
-                groups=module.groups,
-                bias=module.bias is not None,
-                padding_mode=module.padding_mode,
-                device=module.weight.device,
-                dtype=module.weight.dtype,
+            new = conv2d_like(
+                module, in_channels=channels, device=module.weight.device, dtype=module.weight.dtype
             )
             parent_name, _, attr = name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
