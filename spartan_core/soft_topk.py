@@ -335,7 +335,8 @@ def soft_mask(unit_values: Tensor, dual: float, beta: float) -> Tensor:
         raise ValueError("unit_values: expected a floating-point tensor")
     if dual == -math.inf:
         return torch.ones_like(unit_values)
-    return _sigmoid_into(unit_values, dual, beta, torch.empty_like(unit_values))
+    u = unit_values.contiguous()  # the layout soft_topk computes in, so the rounding matches
+    return _sigmoid_into(u, dual, beta, torch.empty_like(u))
 
 
 # --- hard threshold: exact selection by bit-pattern windows ----------------------------------

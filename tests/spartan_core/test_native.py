@@ -14,7 +14,14 @@ import torch
 from torch import nn
 from torch.testing import assert_close
 
-from spartan_core import Sparsifier, SparsifierConfig, hard_threshold_and_dual, native, soft_topk
+from spartan_core import (
+    Sparsifier,
+    SparsifierConfig,
+    hard_threshold_and_dual,
+    native,
+    soft_mask,
+    soft_topk,
+)
 
 T = TypeVar("T")
 
@@ -279,3 +286,11 @@ def test_a_compiler_without_openmp_gets_a_single_threaded_build(tmp_path: Path) 
     assert run.stdout.strip() == "True"
     (library,) = (tmp_path / "cache").glob("spartan_kernels-*.so")
     assert "GOMP" not in library.read_bytes().decode("latin-1")  # no OpenMP runtime linked
+
+
+def test_soft_mask_of_a_strided_view_matches_soft_topk_bit_for_bit() -> None:
+    v = _values(20_000, seed=5)
+    result = soft_topk(v, 1.0, 2000.0, 7.0)
+    strided = torch.stack((v, v)).t()[:, 0]  # same values, stride 2
+    assert not strided.is_contiguous()
+    assert torch.equal(soft_mask(strided, result.dual, 7.0), result.mask)
