@@ -291,6 +291,6 @@ def test_a_compiler_without_openmp_gets_a_single_threaded_build(tmp_path: Path) 
 def test_soft_mask_of_a_strided_view_matches_soft_topk_bit_for_bit() -> None:
     v = _values(20_000, seed=5)
     result = soft_topk(v, 1.0, 2000.0, 7.0)
-    strided = torch.stack((v, v)).t()[:, 0]  # same values, stride 2
+    strided = torch.stack((v, v), dim=1)[:, 0]  # same values, stride 2
     assert not strided.is_contiguous()
     assert torch.equal(soft_mask(strided, result.dual, 7.0), result.mask)
