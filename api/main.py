@@ -56,13 +56,28 @@ def create_app(
         cancel_watchers.add(task)
         task.add_done_callback(cancel_watchers.discard)
 
+    async def _resend_periodically() -> None:
+        while True:
+            await asyncio.sleep(settings.resend_interval_s)
+            try:
+                await run_in_threadpool(
+                    services.resend_unsent, store=store, broker=broker, settings=settings
+                )
+            except Exception:  # a store outage must not end the loop
+                log.exception("re-sending unsent jobs failed; retrying later")
+
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         if requeue_on_start:
             await run_in_threadpool(
                 services.requeue_lost, store=store, broker=broker, settings=settings
             )
+        resender = None
+        if settings.resend_interval_s > 0:
+            resender = asyncio.get_running_loop().create_task(_resend_periodically())
         yield
+        if resender is not None:
+            resender.cancel()
         for task in list(cancel_watchers):
             task.cancel()
 

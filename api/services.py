@@ -75,7 +75,8 @@ def submit_job(
 
     The job is committed before its message is sent, so a worker never sees an id the store
     does not know. If the broker is down the job stays queued with no enqueue time and is
-    re-sent when the service starts next (``requeue_lost``). A repeated idempotency key returns
+    re-sent within ``settings.resend_interval_s`` (``resend_unsent``) or when the service
+    starts next (``requeue_lost``). A repeated idempotency key returns
     the first job; reusing a key with a different body is a 409.
     """
     validate_job(spec, settings=settings, store=store, owner=owner)
@@ -123,6 +124,13 @@ def requeue_lost(
     if sent:
         log.info("re-enqueued %d queued job(s): %s", len(sent), ", ".join(sent))
     return sent
+
+
+def resend_unsent(*, store: JobStore, broker: Broker, settings: Settings) -> list[str]:
+    """Send the queued jobs that were never enqueued (the broker was down when they were
+    submitted); returns their ids. Run periodically while the service is up."""
+    never = datetime.min.replace(tzinfo=UTC)  # no enqueue time is earlier: only unsent jobs
+    return requeue_lost(store=store, broker=broker, older_than=never, settings=settings)
 
 
 def get_owned_job(store: JobStore, *, job_id: str, owner: str) -> Job:

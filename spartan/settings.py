@@ -45,6 +45,7 @@ class Settings(BaseSettings):
     api_key: str = ""  # bearer token the CLI sends when the service has auth on
     cancel_grace_s: float = 30.0  # cooperative cancel window before the task is killed
     requeue_after_s: float = 3600.0  # on start, re-send queued jobs enqueued longer ago
+    resend_interval_s: float = 30.0  # while running, re-send jobs never enqueued (0: off)
 
     @model_validator(mode="after")
     def _fill_defaults(self) -> Settings:

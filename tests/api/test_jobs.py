@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from datetime import UTC, datetime
 
 from fastapi.testclient import TestClient
 
@@ -194,6 +195,47 @@ def test_startup_reenqueues_a_job_whose_message_was_lost(settings: Settings) -> 
     with TestClient(create_app(settings)):
         pass
     assert broker_messages(settings) == []
+
+
+class RecoveringBroker(RecordingBroker):
+    """Unreachable for the first ``down`` enqueues, then working."""
+
+    def __init__(self, down: int) -> None:
+        super().__init__()
+        self.down = down
+
+    def enqueue(self, job_id: str, *, queue: str) -> None:
+        if self.down > 0:
+            self.down -= 1
+            raise ConnectionError("broker unreachable")
+        super().enqueue(job_id, queue=queue)
+
+
+def test_a_job_submitted_while_the_broker_is_down_is_sent_when_it_is_back(
+    settings: Settings,
+) -> None:
+    settings.resend_interval_s = 0.05
+    broker = RecoveringBroker(down=2)  # the submission and the first re-send fail
+    with TestClient(create_app(settings, broker=broker, requeue_on_start=False)) as client:
+        r = client.post("/v1/jobs", json=tiny_spec())
+        assert r.status_code == 201, r.text
+        job_id = r.json()["id"]
+        deadline = time.monotonic() + 10
+        while not broker.enqueued and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.2)  # several more sweeps: the job is not sent twice
+    assert broker.enqueued == [(job_id, "default")]
+    never = datetime.min.replace(tzinfo=UTC)
+    assert get_store(settings.database_url).stale_queued(older_than=never) == []  # marked sent
+
+
+def test_the_resend_loop_can_be_switched_off(settings: Settings) -> None:
+    settings.resend_interval_s = 0
+    broker = RecoveringBroker(down=1)
+    with TestClient(create_app(settings, broker=broker, requeue_on_start=False)) as client:
+        assert client.post("/v1/jobs", json=tiny_spec()).status_code == 201
+        time.sleep(0.2)
+    assert broker.enqueued == []
 
 
 def test_submit_with_broker_down_keeps_the_job_for_reenqueue(
