@@ -336,10 +336,10 @@ void sp_dual_add(float *grad, const float *w, const float *m, float coef, int ac
     nt = threads_for(n, nt);
     if (accumulate) {
 #pragma omp parallel for simd num_threads(nt) schedule(static)
-        for (int64_t i = 0; i < n; i++) grad[i] += copysignf(coef * (m[i] - m[i] * m[i]), w[i]);
+        for (int64_t i = 0; i < n; i++) grad[i] += coef * copysignf(m[i] - m[i] * m[i], w[i]);
     } else {
 #pragma omp parallel for simd num_threads(nt) schedule(static)
-        for (int64_t i = 0; i < n; i++) grad[i] = copysignf(coef * (m[i] - m[i] * m[i]), w[i]);
+        for (int64_t i = 0; i < n; i++) grad[i] = coef * copysignf(m[i] - m[i] * m[i], w[i]);
     }
 }
 
