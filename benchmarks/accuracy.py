@@ -415,7 +415,8 @@ def grid_markdown(
         f"{budget.momentum}, learning rate {budget.lr} (one warm-up epoch, cosine to 0), weight "
         f"decay {budget.weight_decay}. The sparse methods use the library defaults: cost "
         "fraction annealed (cosine) over the first 20% of the steps, mask frozen for the last "
-        "20%, global distribution; spartan holds beta at 10 (annealed 10 -> 40 for 4x4 "
+        "20%, global distribution with every layer keeping at least 40% of the kept "
+        "fraction (`layer_floor=0.4`); spartan holds beta at 10 (annealed 10 -> 40 for 4x4 "
         'blocks) with mean-scaled unit values (`value_scale="mean"`). The column *spartan, '
         "beta_init=1* starts beta at 1 as published (the library default before "
         "docs/accuracy_ablation.md). The best mean of each row is in bold.",

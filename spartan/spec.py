@@ -100,6 +100,15 @@ class SparsitySpec(TargetSpec):
         None, gt=0.0, le=1e6, description="default: min(10, beta_max) (published: 1)"
     )
     beta_max: float | None = Field(None, gt=0.0, le=1e6, description="default: the method's")
+    layer_floor: float | None = Field(
+        None,
+        ge=0.0,
+        lt=1.0,
+        description=(
+            "global distribution: every layer keeps at least this share of the kept fraction "
+            "(default 0.4; 0 is the published behaviour)"
+        ),
+    )
     warmup_frac: float = Field(0.2, ge=0.0, lt=1.0)
     finetune_frac: float = Field(0.2, ge=0.0, lt=1.0)
     annealing: Literal["linear", "cosine"] = "cosine"

@@ -20,6 +20,7 @@ ANNEALINGS = ("linear", "cosine")
 VALUE_SCALES = ("mean", "none")
 DEFAULT_BETA_INIT = 10.0
 DEFAULT_BETA_MAX = 10.0
+DEFAULT_LAYER_FLOOR = 0.4
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -68,6 +69,10 @@ class SparsifierConfig:
         cost_model: ``params`` (one per weight), the name of a cost model registered in the
             ``cost_models`` package, or a ``CostModel`` object.
         value_scale: ``mean`` or ``none``, see "Beta scale" above.
+        layer_floor: under the ``global`` distribution, every masked layer keeps at least
+            this share of the group's kept fraction f, counted in entries (its largest), so
+            that no layer is pruned away and an expensive layer is not starved; the rest of
+            the budget is shared globally. 0 is the published behaviour.
     """
 
     method: str = "spartan"
@@ -83,6 +88,7 @@ class SparsifierConfig:
     exclude: tuple[str, ...] = field(default=())
     cost_model: str | CostModel = "params"
     value_scale: str = "mean"
+    layer_floor: float = DEFAULT_LAYER_FLOOR
 
     def __post_init__(self) -> None:
         _choice("method", self.method, tuple(METHODS))
@@ -112,6 +118,10 @@ class SparsifierConfig:
         if self.beta_max < self.beta_init:
             raise ValueError(
                 f"beta_max: must be at least beta_init={self.beta_init}, got {self.beta_max!r}"
+            )
+        if not _is_real(self.layer_floor) or not 0.0 <= self.layer_floor < 1.0:
+            raise ValueError(
+                f"layer_floor: expected a fraction in [0, 1), got {self.layer_floor!r}"
             )
         for name in ("warmup_frac", "finetune_frac"):
             value = getattr(self, name)

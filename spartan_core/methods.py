@@ -57,6 +57,7 @@ class Method:
         beta: float,
         *,
         value_scale: str,
+        layer_floor: float = 0.0,
     ) -> None:
         """Recompute the group's masks from its layers' current weights (under no_grad)."""
         raise NotImplementedError
@@ -117,6 +118,28 @@ def _unit_values_into(layer: MaskParametrization, weight: Tensor, out: Tensor) -
     return total
 
 
+def _raise_floor(
+    layers: Sequence[MaskParametrization], units: Sequence[Tensor], fraction: float, margin: float
+) -> None:
+    """Make the largest ``fraction`` of every layer's entries certain winners of the budget.
+
+    Their unit values are raised above every other by ``margin`` (beyond the soft mask's
+    reach), so the hard mask keeps them and their soft mask is 1; they spend their share of
+    the budget and the rest is shared as before. Only groups of several layers have a floor.
+    """
+    if fraction <= 0.0 or len(layers) < 2:
+        return
+    tops = []
+    for layer, u in zip(layers, units, strict=True):
+        count = math.ceil(fraction * layer.n_entries)
+        tops.append(hard_threshold([(u.view(-1), 1.0)], float(count), init=_warm(layer.floor)))
+        layer.floor = tops[-1]
+    boost = 2.0 * max(float(u.max()) for u in units) + margin
+    for u, top in zip(units, tops, strict=True):
+        chosen = torch.gt(u, 0.0) if top <= 0.0 else torch.ge(u, top)
+        u.masked_fill_(chosen, boost)
+
+
 def _warm(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
@@ -136,6 +159,7 @@ class Spartan(Method):
         beta: float,
         *,
         value_scale: str,
+        layer_floor: float = 0.0,
     ) -> None:
         if fraction >= 1.0:
             _keep_all(group, fraction, beta)
@@ -151,6 +175,8 @@ class Spartan(Method):
         # Scaling the unit values by 1 / S is the same as dividing beta by S: slope b = beta / S.
         scale = total_value / total_cost if value_scale == "mean" and total_value > 0 else 1.0
         slope = beta / scale
+        floor = layer_floor * fraction
+        _raise_floor(layers, [layer.soft for layer in layers], floor, 64.0 / slope)
         segments = [(layer.soft.view(-1), layer.cost) for layer in layers]
         budget = fraction * total_cost
         threshold, dual, iterations = hard_threshold_and_dual(
@@ -210,6 +236,7 @@ class _HardMethod(Method):
         beta: float,
         *,
         value_scale: str,
+        layer_floor: float = 0.0,
     ) -> None:
         if fraction >= 1.0:
             _keep_all(group, fraction, beta)
@@ -218,6 +245,7 @@ class _HardMethod(Method):
         for layer, weight in zip(group.layers, weights, strict=True):
             units.append(weight.new_empty(layer.entry_shape))
             _unit_values_into(layer, weight, units[-1])
+        _raise_floor(group.layers, units, layer_floor * fraction, 1.0)
         total_cost = sum(layer.cost * layer.n_entries for layer in group.layers)
         segments = [(u.view(-1), layer.cost) for u, layer in zip(units, group.layers, strict=True)]
         threshold = hard_threshold(segments, fraction * total_cost, init=_warm(group.threshold))

@@ -447,7 +447,14 @@ class Sparsifier:
                         [self.layers[i] for i in budget.layers]
                     )
                 weights = [self._original(i).detach() for i in budget.layers]
-                self.method.update(group, weights, budget.fraction, beta, value_scale=c.value_scale)
+                self.method.update(
+                    group,
+                    weights,
+                    budget.fraction,
+                    beta,
+                    value_scale=c.value_scale,
+                    layer_floor=c.layer_floor,
+                )
                 for layer in group.layers:
                     if layer.group is not group:
                         layer.group = group

@@ -285,6 +285,7 @@ class _Trainer:
             block_shape=tuple(sp.block_shape),
             beta_init=sp.beta_init,
             beta_max=sp.beta_max,
+            **({} if sp.layer_floor is None else {"layer_floor": sp.layer_floor}),
             warmup_frac=sp.warmup_frac,
             finetune_frac=sp.finetune_frac,
             annealing=sp.annealing,
@@ -574,6 +575,7 @@ class _Trainer:
         body = self.spec.model_dump(mode="json")
         body["sparsity"]["beta_max"] = float(self.config.beta_max)
         body["sparsity"]["beta_init"] = float(self.config.beta_init)
+        body["sparsity"]["layer_floor"] = float(self.config.layer_floor)
         body["training"]["checkpoint_every_steps"] = self.every
         body["cost_model"]["params"] = self.cost_params
         return body

@@ -36,7 +36,13 @@ def _mlp(dtype: torch.dtype = torch.float64) -> nn.Sequential:
 
 
 def _config(**kw: object) -> SparsifierConfig:
-    base = {"target": 0.4, "warmup_frac": 0.0, "beta_init": 2.0, "beta_max": 2.0}
+    base = {
+        "target": 0.4,
+        "warmup_frac": 0.0,
+        "beta_init": 2.0,
+        "beta_max": 2.0,
+        "layer_floor": 0.0,
+    }
     base.update(kw)
     return SparsifierConfig(**base)  # type: ignore[arg-type]
 

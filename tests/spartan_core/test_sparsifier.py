@@ -335,3 +335,36 @@ def test_unknown_cost_model_name() -> None:
 def test_include_matching_nothing() -> None:
     with pytest.raises(ValueError, match=r"^model: no maskable layer"):
         Sparsifier(_cnn(), SparsifierConfig(target=0.5, include=["encoder.*"]), 3)
+
+
+def _starving_model() -> nn.Module:
+    """Two equal layers, the second with weights 1000x smaller: a global budget skips it."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64))
+    with torch.no_grad():
+        model[2].weight.mul_(1e-3)
+    return model
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_layer_floor_keeps_every_layer_alive(method: str) -> None:
+    kept = {}
+    for floor in (0.0, 0.4):
+        config = SparsifierConfig(method=method, target=0.1, warmup_frac=0.0, layer_floor=floor)
+        sparsifier = Sparsifier(_starving_model(), config, total_steps=10)
+        kept[floor] = [int(layer.hard.sum()) for layer in sparsifier.layers]
+        assert sum(kept[floor]) == 820  # the global budget still holds: ceil(10% of 8192)
+    assert kept[0.0][1] == 0  # without a floor the small layer is pruned away
+    assert kept[0.4][1] >= math.ceil(0.4 * 0.1 * 4096)  # 40% of the kept fraction
+
+
+def test_layer_floor_leaves_per_layer_distributions_alone() -> None:
+    config = SparsifierConfig(target=0.1, warmup_frac=0.0, distribution="uniform", layer_floor=0.9)
+    sparsifier = Sparsifier(_starving_model(), config, total_steps=10)
+    assert [int(layer.hard.sum()) for layer in sparsifier.layers] == [410, 410]
+
+
+@pytest.mark.parametrize("floor", [-0.1, 1.0, float("nan"), "0.4"])
+def test_layer_floor_must_be_a_fraction(floor: object) -> None:
+    with pytest.raises(ValueError, match="layer_floor"):
+        SparsifierConfig(target=0.1, layer_floor=floor)  # type: ignore[arg-type]

@@ -121,3 +121,24 @@ def test_measuring_cost_model_is_not_run_on_the_meta_device(settings: Settings) 
         sparsity={"sparsity": None, "cost_fraction": 0.3}, cost_model={"name": "profiled"}
     )
     validate_spec(spec, settings)
+
+
+def test_layer_floor_is_a_fraction_and_reaches_the_sparsifier(
+    settings: Settings, tmp_path: Path
+) -> None:
+    import torch
+    from pydantic import ValidationError
+
+    from worker.training import TrainHooks, _Trainer
+
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ValidationError, match="layer_floor"):
+            tiny_spec(sparsity={"layer_floor": bad})
+
+    def config_of(spec: Any) -> Any:
+        trainer = _Trainer(spec, tmp_path, None, settings, TrainHooks(), None, torch.device("cpu"))
+        trainer._build()  # model, data and the SparsifierConfig, no training
+        return trainer.config
+
+    assert config_of(tiny_spec()).layer_floor == 0.4  # the library default
+    assert config_of(tiny_spec(sparsity={"layer_floor": 0.0})).layer_floor == 0.0
