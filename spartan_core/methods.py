@@ -36,6 +36,8 @@ from spartan_core.soft_topk import hard_threshold, hard_threshold_and_dual
 
 logger = logging.getLogger(__name__)
 
+_SMALLEST_FLOAT32 = 1.401298464324817e-45  # u >= this is u > 0 in float32
+
 
 class Method:
     """A sparsification method: how masks are updated and how the forward weight is formed.
@@ -106,26 +108,35 @@ def _keep_all(group: DualGroup, fraction: float, beta: float) -> None:
     group.scale, group.s_cost, group.iterations = 1.0, 0.0, 0
 
 
-def _unit_values_into(layer: MaskParametrization, weight: Tensor, out: Tensor) -> float | Tensor:
+def _unit_values_into(
+    layer: MaskParametrization, weight: Tensor, out: Tensor
+) -> tuple[float | Tensor, float | None]:
     """u = v / c into ``out`` (entry layout); returns the sum of the values v (a 0-d tensor
-    from the PyTorch path, so that GPUs are not synchronised layer by layer)."""
+    from the PyTorch path, so that GPUs are not synchronised layer by layer) and the largest
+    u when it came for free (else None)."""
     if layer.unstructured and native.usable(weight, out):
-        return native.abs_scale(weight, out, 1.0 / layer.cost)[0]
+        total, _, high_bits = native.abs_scale(weight, out, 1.0 / layer.cost)
+        return total, native.float_of_bits(high_bits)
     values = layer.entry_values(weight, out=out)
     total = values.sum(dtype=torch.float64)
     if layer.cost != 1.0:
         values.mul_(1.0 / layer.cost)
-    return total
+    return total, None
 
 
 def _raise_floor(
-    layers: Sequence[MaskParametrization], units: Sequence[Tensor], fraction: float, margin: float
+    layers: Sequence[MaskParametrization],
+    units: Sequence[Tensor],
+    fraction: float,
+    margin: float,
+    maxima: Sequence[float | None],
 ) -> None:
     """Make the largest ``fraction`` of every layer's entries certain winners of the budget.
 
     Their unit values are raised above every other by ``margin`` (beyond the soft mask's
     reach), so the hard mask keeps them and their soft mask is 1; they spend their share of
     the budget and the rest is shared as before. Only groups of several layers have a floor.
+    ``maxima`` are the layers' largest unit values where known.
     """
     if fraction <= 0.0 or len(layers) < 2:
         return
@@ -134,10 +145,13 @@ def _raise_floor(
         count = math.ceil(fraction * layer.n_entries)
         tops.append(hard_threshold([(u.view(-1), 1.0)], float(count), init=_warm(layer.floor)))
         layer.floor = tops[-1]
-    boost = 2.0 * max(float(u.max()) for u in units) + margin
+    largest = max(float(u.max()) if m is None else m for u, m in zip(units, maxima, strict=True))
+    boost = 2.0 * largest + margin
     for u, top in zip(units, tops, strict=True):
-        chosen = torch.gt(u, 0.0) if top <= 0.0 else torch.ge(u, top)
-        u.masked_fill_(chosen, boost)
+        if native.usable(u):
+            native.raise_to(u, top if top > 0.0 else _SMALLEST_FLOAT32, boost)
+        else:  # a top of 0 (mostly zero layer) raises only the nonzero entries
+            u.masked_fill_(torch.gt(u, 0.0) if top <= 0.0 else torch.ge(u, top), boost)
 
 
 def _warm(value: float) -> float | None:
@@ -166,17 +180,20 @@ class Spartan(Method):
             return
         layers = group.layers
         # The soft buffers hold the unit values until the dual is known: no full-size copy.
-        value_sums = [
-            _unit_values_into(layer, weight, layer.soft)
-            for layer, weight in zip(layers, weights, strict=True)
-        ]
+        value_sums, maxima = zip(
+            *(
+                _unit_values_into(layer, weight, layer.soft)
+                for layer, weight in zip(layers, weights, strict=True)
+            ),
+            strict=True,
+        )
         total_value = float(sum(value_sums))
         total_cost = sum(layer.cost * layer.n_entries for layer in layers)
         # Scaling the unit values by 1 / S is the same as dividing beta by S: slope b = beta / S.
         scale = total_value / total_cost if value_scale == "mean" and total_value > 0 else 1.0
         slope = beta / scale
         floor = layer_floor * fraction
-        _raise_floor(layers, [layer.soft for layer in layers], floor, 64.0 / slope)
+        _raise_floor(layers, [layer.soft for layer in layers], floor, 64.0 / slope, maxima)
         segments = [(layer.soft.view(-1), layer.cost) for layer in layers]
         budget = fraction * total_cost
         threshold, dual, iterations = hard_threshold_and_dual(
@@ -241,11 +258,11 @@ class _HardMethod(Method):
         if fraction >= 1.0:
             _keep_all(group, fraction, beta)
             return
-        units = []
+        units, maxima = [], []
         for layer, weight in zip(group.layers, weights, strict=True):
             units.append(weight.new_empty(layer.entry_shape))
-            _unit_values_into(layer, weight, units[-1])
-        _raise_floor(group.layers, units, layer_floor * fraction, 1.0)
+            maxima.append(_unit_values_into(layer, weight, units[-1])[1])
+        _raise_floor(group.layers, units, layer_floor * fraction, 1.0, maxima)
         total_cost = sum(layer.cost * layer.n_entries for layer in group.layers)
         segments = [(u.view(-1), layer.cost) for u, layer in zip(units, group.layers, strict=True)]
         threshold = hard_threshold(segments, fraction * total_cost, init=_warm(group.threshold))

@@ -66,6 +66,7 @@ _SIGNATURES = {
     "sp_dual_add": [_P, _P, _P, _F, _I, _L, _I],
     "sp_topk_backward_sums": [_P, _P, _P, _L, _I, _P],
     "sp_topk_backward_apply": [_P, _P, _P, _F, _F, _P, _L, _I],
+    "sp_raise": [_P, _L, _F, _F, _I],
 }
 
 _switch = {"on": os.environ.get("SPARTAN_NATIVE", "1").strip().lower() not in {"0", "false", "no"}}
@@ -178,6 +179,17 @@ def abs_scale(w: Tensor, out: Tensor, scale: float) -> tuple[float, int, int]:
     _library().sp_abs_scale(_ptr(w), _ptr(out), w.numel(), scale, _threads(), stats)
     increment_version(out)
     return stats[0], int(stats[1]), int(stats[2])
+
+
+def raise_to(u: Tensor, threshold: float, boost: float) -> None:
+    """u = boost where u >= threshold, in place."""
+    _library().sp_raise(_ptr(u), u.numel(), threshold, boost, _threads())
+    increment_version(u)
+
+
+def float_of_bits(bits: int) -> float:
+    """The float32 whose bit pattern is ``bits``."""
+    return ctypes.c_float.from_buffer(ctypes.c_int32(bits)).value
 
 
 def divide(v: Tensor, c: Tensor, out: Tensor) -> tuple[int, int]:

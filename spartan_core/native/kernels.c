@@ -400,3 +400,10 @@ void sp_topk_backward_apply(const float *g, const float *m, const float *cost, f
         for (int64_t i = 0; i < n; i++) out[i] = scale * (m[i] - m[i] * m[i]) * (g[i] - ratio);
     }
 }
+
+/* u = boost where u >= threshold (in place): the layer floor's certain winners. */
+void sp_raise(float *u, int64_t n, float threshold, float boost, int nt) {
+    nt = threads_for(n, nt);
+#pragma omp parallel for simd num_threads(nt) schedule(static)
+    for (int64_t i = 0; i < n; i++) u[i] = u[i] >= threshold ? boost : u[i];
+}

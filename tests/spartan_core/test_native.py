@@ -81,6 +81,11 @@ def test_each_kernel_matches_pytorch(threads: int) -> None:
 
         assert_close(native.masked_forward(w, m, h), w * m * h, rtol=0, atol=0)
 
+        raised = w.abs()
+        native.raise_to(raised, 0.5, 9.0)
+        assert torch.equal(raised, torch.where(w.abs() >= 0.5, 9.0, w.abs()))
+        assert native.float_of_bits(int(w.abs().max().view(torch.int32))) == float(w.abs().max())
+
         q = torch.empty(n)
         lo_bits, hi_bits = native.divide(w, cost, q)
         assert_close(q, w / cost, rtol=0, atol=0)

@@ -337,21 +337,22 @@ def test_include_matching_nothing() -> None:
         Sparsifier(_cnn(), SparsifierConfig(target=0.5, include=["encoder.*"]), 3)
 
 
-def _starving_model() -> nn.Module:
+def _starving_model(dtype: torch.dtype = torch.float32) -> nn.Module:
     """Two equal layers, the second with weights 1000x smaller: a global budget skips it."""
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64))
+    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64)).to(dtype)
     with torch.no_grad():
         model[2].weight.mul_(1e-3)
     return model
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])  # native / PyTorch path
 @pytest.mark.parametrize("method", sorted(METHODS))
-def test_layer_floor_keeps_every_layer_alive(method: str) -> None:
+def test_layer_floor_keeps_every_layer_alive(method: str, dtype: torch.dtype) -> None:
     kept = {}
     for floor in (0.0, 0.4):
         config = SparsifierConfig(method=method, target=0.1, warmup_frac=0.0, layer_floor=floor)
-        sparsifier = Sparsifier(_starving_model(), config, total_steps=10)
+        sparsifier = Sparsifier(_starving_model(dtype), config, total_steps=10)
         kept[floor] = [int(layer.hard.sum()) for layer in sparsifier.layers]
         assert sum(kept[floor]) == 820  # the global budget still holds: ceil(10% of 8192)
     assert kept[0.0][1] == 0  # without a floor the small layer is pruned away
