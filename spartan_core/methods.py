@@ -32,7 +32,11 @@ from spartan_core.masking import (
     StraightThrough,
     masked_product,
 )
-from spartan_core.soft_topk import hard_threshold, hard_threshold_and_dual
+from spartan_core.soft_topk import (
+    hard_threshold,
+    hard_threshold_and_dual,
+    top_threshold_unchecked,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -143,7 +147,7 @@ def _raise_floor(
     tops = []
     for layer, u in zip(layers, units, strict=True):
         count = math.ceil(fraction * layer.n_entries)
-        tops.append(hard_threshold([(u.view(-1), 1.0)], float(count), init=_warm(layer.floor)))
+        tops.append(top_threshold_unchecked(u, count, init=_warm(layer.floor)))
         layer.floor = tops[-1]
     largest = max(float(u.max()) if m is None else m for u, m in zip(units, maxima, strict=True))
     boost = 2.0 * largest + margin

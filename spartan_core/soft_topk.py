@@ -586,6 +586,17 @@ def hard_threshold(segments: Segments, budget: float, *, init: float | None = No
         return _select(segs, k * (1 - _REACH_SLACK), segs[0].u.dtype, init)[0]
 
 
+def top_threshold_unchecked(u: Tensor, count: int, *, init: float | None = None) -> float:
+    """The unit value of the ``count``-th largest entry of ``u`` (``u >= t`` keeps at least
+    ``count``), as :func:`hard_threshold` with unit costs, but without its validation pass:
+    for unit values the caller has just produced (contiguous, finite, non-negative, no -0.0).
+    """
+    n = u.numel()
+    seg = _Segment(u.view(-1), 1.0, None, float(n), 0.0, math.inf)
+    with torch.no_grad():
+        return _select([seg], float(count) * (1 - _REACH_SLACK), u.dtype, init)[0]
+
+
 # --- dual solve ------------------------------------------------------------------------------
 
 
