@@ -35,6 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _digits import Budget, RunSpec, run
 
+from spartan_core.config import DEFAULT_LAYER_FLOOR
+
 log = logging.getLogger("accuracy")
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -77,6 +79,26 @@ ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
+LAYER_FLOOR = DEFAULT_LAYER_FLOOR  # --layer-floor
+
+
+def _with_floor(specs: list[RunSpec]) -> list[RunSpec]:
+    """The sparse runs with ``LAYER_FLOOR`` (an explicit option of a spec wins)."""
+    return [
+        s if s.method == "dense" else replace(s, options={"layer_floor": LAYER_FLOOR, **s.options})
+        for s in specs
+    ]
+
+
+def _floor_text() -> str:
+    if LAYER_FLOOR <= 0:
+        return "global distribution with no layer floor (`layer_floor=0`)"
+    return (
+        f"global distribution with every layer keeping at least {LAYER_FLOOR:.0%} of the kept "
+        f"fraction (`layer_floor={LAYER_FLOOR:g}`)"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="one seed instead of three")
@@ -90,6 +112,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="ablation only: the models of the columns to run (default all)",
     )
     parser.add_argument("--workers", type=int, default=2, help="processes (one thread each)")
+    parser.add_argument(
+        "--layer-floor",
+        type=float,
+        default=None,
+        help="layer_floor for every sparse run (default: the library's)",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "docs", help="output folder")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
@@ -122,15 +150,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         log.info("wrote %s in %.0f s", args.out / "accuracy_ablation.md", elapsed)
         return
 
+    global LAYER_FLOOR
+    if args.layer_floor is not None:
+        LAYER_FLOOR = args.layer_floor
     specs = grid_specs(seeds, budget) + cost_specs(seeds, budget) + short_specs(seeds, budget)
-    results = run_all(specs, args.workers)
+    results = run_all(_with_floor(specs), args.workers)
     # The cost-matched run needs the latency the parameter-budget runs reached.
     matched = []
     for layer in EXPENSIVE_LAYERS:
         label = f"{layer} | params budget"
         cost = statistics.fmean(r["cost_fraction"] for r in results if r["label"] == label)
         matched += matched_cost_specs(seeds, budget, layer, cost)
-    results += run_all(matched, args.workers)
+    results += run_all(_with_floor(matched), args.workers)
     elapsed = time.perf_counter() - start
     (args.out / "accuracy.json").write_text(json.dumps(results, indent=1))
     plot(results, args.out / "accuracy.png")
@@ -415,8 +446,7 @@ def grid_markdown(
         f"{budget.momentum}, learning rate {budget.lr} (one warm-up epoch, cosine to 0), weight "
         f"decay {budget.weight_decay}. The sparse methods use the library defaults: cost "
         "fraction annealed (cosine) over the first 20% of the steps, mask frozen for the last "
-        "20%, global distribution with every layer keeping at least 40% of the kept "
-        "fraction (`layer_floor=0.4`); spartan holds beta at 10 (annealed 10 -> 40 for 4x4 "
+        f"20%, {_floor_text()}; spartan holds beta at 10 (annealed 10 -> 40 for 4x4 "
         'blocks) with mean-scaled unit values (`value_scale="mean"`). The column *spartan, '
         "beta_init=1* starts beta at 1 as published (the library default before "
         "docs/accuracy_ablation.md). The best mean of each row is in bold.",

@@ -106,7 +106,7 @@ class SparsitySpec(TargetSpec):
         lt=1.0,
         description=(
             "global distribution: every layer keeps at least this share of the kept fraction "
-            "(default 0.4; 0 is the published behaviour)"
+            "(default 0, the published behaviour; 0.4 guards cost budgets, see the README)"
         ),
     )
     warmup_frac: float = Field(0.2, ge=0.0, lt=1.0)

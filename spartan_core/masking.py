@@ -162,7 +162,8 @@ class MaskParametrization(nn.Module):
         self.method = method
         self.scratch = scratch if scratch is not None else Scratch()
         self.group: DualGroup | None = None
-        self.floor = -math.inf  # unit value of the layer's own kept floor (a warm start only)
+        self.floor = -math.inf  # unit value of the layer's floor threshold (-inf: select anew)
+        self.kept: int | None = None  # entries the hard mask kept at the last update, if counted
         self.frozen = False
         self.register_buffer(
             "hard", torch.ones(self.entry_shape, dtype=torch.bool, device=weight.device), False

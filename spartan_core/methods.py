@@ -41,6 +41,8 @@ from spartan_core.soft_topk import (
 logger = logging.getLogger(__name__)
 
 _SMALLEST_FLOAT32 = 1.401298464324817e-45  # u >= this is u > 0 in float32
+_FLOOR_SLACK = 1.25  # layers that kept this many times their floor are not checked
+_FLOOR_BAND = (0.9, 1.25)  # a reused floor threshold may raise this share of the floor
 
 
 class Method:
@@ -105,6 +107,7 @@ def get_method(name: str) -> Method:
 def _keep_all(group: DualGroup, fraction: float, beta: float) -> None:
     for layer in group.layers:
         layer.hard.fill_(True)
+        layer.kept = layer.n_entries
         if layer.soft is not None:
             layer.soft.fill_(1.0)
     group.fraction, group.beta = fraction, beta
@@ -135,27 +138,44 @@ def _raise_floor(
     margin: float,
     maxima: Sequence[float | None],
 ) -> None:
-    """Make the largest ``fraction`` of every layer's entries certain winners of the budget.
+    """Make about the largest ``fraction`` of every layer's entries certain winners.
 
     Their unit values are raised above every other by ``margin`` (beyond the soft mask's
     reach), so the hard mask keeps them and their soft mask is 1; they spend their share of
     the budget and the rest is shared as before. Only groups of several layers have a floor.
     ``maxima`` are the layers' largest unit values where known.
+
+    The floor is a guard, kept cheap: a layer that kept at least ``_FLOOR_SLACK`` times its
+    floor at the last update is left alone (weights move little per step); a floored layer
+    reuses its last floor threshold while the number of entries it raises stays within
+    ``_FLOOR_BAND`` of the floor, and is re-selected exactly (from the next update) otherwise.
     """
     if fraction <= 0.0 or len(layers) < 2:
         return
-    tops = []
+    floored = []
     for layer, u in zip(layers, units, strict=True):
         count = math.ceil(fraction * layer.n_entries)
-        tops.append(top_threshold_unchecked(u, count, init=_warm(layer.floor)))
-        layer.floor = tops[-1]
+        kept = layer.kept if layer.kept is not None else int(layer.hard.sum())
+        if math.isfinite(layer.floor) and kept >= _FLOOR_SLACK * count:
+            continue
+        if not math.isfinite(layer.floor):
+            layer.floor = top_threshold_unchecked(u, count)
+        floored.append((layer, u, count))
+    if not floored:
+        return
     largest = max(float(u.max()) if m is None else m for u, m in zip(units, maxima, strict=True))
     boost = 2.0 * largest + margin
-    for u, top in zip(units, tops, strict=True):
+    for layer, u, count in floored:
+        top = layer.floor
         if native.usable(u):
-            native.raise_to(u, top if top > 0.0 else _SMALLEST_FLOAT32, boost)
+            raised = native.raise_to(u, top if top > 0.0 else _SMALLEST_FLOAT32, boost)
         else:  # a top of 0 (mostly zero layer) raises only the nonzero entries
-            u.masked_fill_(torch.gt(u, 0.0) if top <= 0.0 else torch.ge(u, top), boost)
+            chosen = torch.gt(u, 0.0) if top <= 0.0 else torch.ge(u, top)
+            raised = int(chosen.sum())
+            u.masked_fill_(chosen, boost)
+        low, high = _FLOOR_BAND
+        if not low * count <= raised <= high * count:
+            layer.floor = -math.inf  # select exactly at the next update
 
 
 def _warm(value: float) -> float | None:
@@ -215,9 +235,12 @@ class Spartan(Method):
             soft = layer.soft
             if native.usable(soft, layer.hard):
                 shift = -slope * dual
-                s_sum = native.fill_masks(soft, slope, shift, threshold, soft, layer.hard)
+                s_sum, layer.kept = native.fill_masks(
+                    soft, slope, shift, threshold, soft, layer.hard
+                )
                 s_cost += layer.cost * s_sum
                 continue
+            layer.kept = None
             torch.ge(soft, threshold, out=layer.hard)
             torch.add(offset, soft, alpha=0.5 * slope, out=soft).tanh_()
             torch.add(half, soft, alpha=0.5, out=soft)
@@ -271,7 +294,11 @@ class _HardMethod(Method):
         segments = [(u.view(-1), layer.cost) for u, layer in zip(units, group.layers, strict=True)]
         threshold = hard_threshold(segments, fraction * total_cost, init=_warm(group.threshold))
         for layer, u in zip(group.layers, units, strict=True):
-            torch.ge(u, threshold, out=layer.hard)
+            if native.usable(u, layer.hard):
+                layer.kept = native.ge(u, threshold, layer.hard)
+            else:
+                layer.kept = None
+                torch.ge(u, threshold, out=layer.hard)
         group.fraction, group.beta = fraction, beta
         group.threshold = float(threshold)
 

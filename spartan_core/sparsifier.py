@@ -26,6 +26,7 @@ gradient.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -264,12 +265,13 @@ class Sparsifier:
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume bit-identically, keyed by parameter name.
 
-        Layers: the current masks and the scalars of their budget group (dual, hard threshold,
-        value scale...). Restore the model's weights and the optimizer alongside.
+        Layers: the current masks, the layer floor's threshold and the scalars of their budget
+        group (dual, hard threshold, value scale...). Restore the model's weights and the
+        optimizer alongside.
         """
         layers = {}
         for index, layer in enumerate(self.layers):
-            entry: dict[str, Any] = {"hard": layer.hard.detach().clone()}
+            entry: dict[str, Any] = {"hard": layer.hard.detach().clone(), "floor": layer.floor}
             if layer.soft is not None:
                 entry["soft"] = layer.soft.detach().clone()
             group = self._group_of(index)
@@ -318,6 +320,7 @@ class Sparsifier:
             for layer in self.layers:
                 entry = saved[layer.name]
                 layer.hard.copy_(entry["hard"])
+                layer.floor = float(entry.get("floor", -math.inf))  # states from before floors
                 if layer.soft is not None:
                     layer.soft.copy_(entry["soft"])
         self._groups = {}

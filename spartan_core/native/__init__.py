@@ -66,7 +66,8 @@ _SIGNATURES = {
     "sp_dual_add": [_P, _P, _P, _F, _I, _L, _I],
     "sp_topk_backward_sums": [_P, _P, _P, _L, _I, _P],
     "sp_topk_backward_apply": [_P, _P, _P, _F, _F, _P, _L, _I],
-    "sp_raise": [_P, _L, _F, _F, _I],
+    "sp_raise": [_P, _L, _F, _F, _I, _P],
+    "sp_ge": [_P, _L, _F, _P, _I, _P],
 }
 
 _switch = {"on": os.environ.get("SPARTAN_NATIVE", "1").strip().lower() not in {"0", "false", "no"}}
@@ -181,10 +182,20 @@ def abs_scale(w: Tensor, out: Tensor, scale: float) -> tuple[float, int, int]:
     return stats[0], int(stats[1]), int(stats[2])
 
 
-def raise_to(u: Tensor, threshold: float, boost: float) -> None:
-    """u = boost where u >= threshold, in place."""
-    _library().sp_raise(_ptr(u), u.numel(), threshold, boost, _threads())
+def raise_to(u: Tensor, threshold: float, boost: float) -> int:
+    """u = boost where u >= threshold, in place; returns how many were raised."""
+    raised = (ctypes.c_int64 * 1)()
+    _library().sp_raise(_ptr(u), u.numel(), threshold, boost, _threads(), raised)
     increment_version(u)
+    return int(raised[0])
+
+
+def ge(u: Tensor, threshold: float, hard: Tensor) -> int:
+    """hard = u >= threshold; returns the count kept."""
+    kept = (ctypes.c_int64 * 1)()
+    _library().sp_ge(_ptr(u), u.numel(), threshold, _ptr(hard), _threads(), kept)
+    increment_version(hard)
+    return int(kept[0])
 
 
 def float_of_bits(bits: int) -> float:
@@ -245,14 +256,15 @@ def sigmoid_sums(
 
 def fill_masks(
     u: Tensor, a: float, b: float, threshold: float, soft: Tensor, hard: Tensor
-) -> float:
-    """hard = u >= threshold, soft = sigmoid(a * u + b) (soft may be u); returns sum m (1 - m)."""
-    s_sum = _out(1)
+) -> tuple[float, int]:
+    """hard = u >= threshold, soft = sigmoid(a * u + b) (soft may be u); returns
+    (sum m (1 - m), count of hard)."""
+    out = _out(2)
     _library().sp_fill_masks(
-        _ptr(u), u.numel(), a, b, threshold, _ptr(soft), _ptr(hard), _threads(), s_sum
+        _ptr(u), u.numel(), a, b, threshold, _ptr(soft), _ptr(hard), _threads(), out
     )
     increment_version((soft, hard))
-    return s_sum[0]
+    return out[0], int(out[1])
 
 
 def masked_forward(w: Tensor, m: Tensor, h: Tensor) -> Tensor:

@@ -260,35 +260,75 @@ void sp_sigmoid_sums(const float *u, const float *cost, int64_t n, float a, floa
 }
 
 /* hard = u >= threshold; soft = sigmoid(a * u + b) (soft may alias u);
- * returns sum m (1 - m) in s_sum[0]. */
+ * out = {sum m (1 - m), count of hard}. */
 void sp_fill_masks(const float *u, int64_t n, float a, float b, float threshold, float *soft,
-                   uint8_t *hard, int nt, double *s_sum) {
+                   uint8_t *hard, int nt, double *out) {
     nt = threads_for(n, nt);
     double sums[MAX_THREADS];
+    int64_t counts[MAX_THREADS];
 #pragma omp parallel num_threads(nt)
     {
         int t = omp_get_thread_num();
         int64_t lo, hi;
         range_of(n, nt, t, &lo, &hi);
         double total = 0.0;
+        int64_t kept = 0;
         for (int64_t k = lo; k < hi; k += BLOCK) {
             int64_t e = k + BLOCK < hi ? k + BLOCK : hi;
             float part = 0.0f;
-#pragma omp simd reduction(+ : part)
+            int32_t count = 0;
+#pragma omp simd reduction(+ : part, count)
             for (int64_t i = k; i < e; i++) {
                 float v = u[i];
                 float m = sigmoid(MADD(a, v, b));
-                hard[i] = v >= threshold;
+                uint8_t h = v >= threshold;
+                hard[i] = h;
                 soft[i] = m;
                 part += m - m * m;
+                count += h;
             }
             total += part;
+            kept += count;
         }
         sums[t] = total;
+        counts[t] = kept;
     }
     double total = 0.0;
-    for (int t = 0; t < nt; t++) total += sums[t];
-    s_sum[0] = total;
+    int64_t kept = 0;
+    for (int t = 0; t < nt; t++) {
+        total += sums[t];
+        kept += counts[t];
+    }
+    out[0] = total;
+    out[1] = (double)kept;
+}
+
+/* hard = u >= threshold; returns the count kept in kept[0]. */
+void sp_ge(const float *u, int64_t n, float threshold, uint8_t *hard, int nt, int64_t *kept) {
+    nt = threads_for(n, nt);
+    int64_t counts[MAX_THREADS];
+#pragma omp parallel num_threads(nt)
+    {
+        int t = omp_get_thread_num();
+        int64_t lo, hi;
+        range_of(n, nt, t, &lo, &hi);
+        int64_t total = 0;
+        for (int64_t k = lo; k < hi; k += BLOCK) {
+            int64_t e = k + BLOCK < hi ? k + BLOCK : hi;
+            int32_t count = 0;
+#pragma omp simd reduction(+ : count)
+            for (int64_t i = k; i < e; i++) {
+                uint8_t h = u[i] >= threshold;
+                hard[i] = h;
+                count += h;
+            }
+            total += count;
+        }
+        counts[t] = total;
+    }
+    int64_t total = 0;
+    for (int t = 0; t < nt; t++) total += counts[t];
+    kept[0] = total;
 }
 
 /* out = (w * m) * h */
@@ -401,9 +441,31 @@ void sp_topk_backward_apply(const float *g, const float *m, const float *cost, f
     }
 }
 
-/* u = boost where u >= threshold (in place): the layer floor's certain winners. */
-void sp_raise(float *u, int64_t n, float threshold, float boost, int nt) {
+/* u = boost where u >= threshold (in place): the layer floor's certain winners; the number
+ * raised in raised[0]. */
+void sp_raise(float *u, int64_t n, float threshold, float boost, int nt, int64_t *raised) {
     nt = threads_for(n, nt);
-#pragma omp parallel for simd num_threads(nt) schedule(static)
-    for (int64_t i = 0; i < n; i++) u[i] = u[i] >= threshold ? boost : u[i];
+    int64_t counts[MAX_THREADS];
+#pragma omp parallel num_threads(nt)
+    {
+        int t = omp_get_thread_num();
+        int64_t lo, hi;
+        range_of(n, nt, t, &lo, &hi);
+        int64_t total = 0;
+        for (int64_t k = lo; k < hi; k += BLOCK) {
+            int64_t e = k + BLOCK < hi ? k + BLOCK : hi;
+            int32_t count = 0;
+#pragma omp simd reduction(+ : count)
+            for (int64_t i = k; i < e; i++) {
+                int32_t up = u[i] >= threshold;
+                u[i] = up ? boost : u[i];
+                count += up;
+            }
+            total += count;
+        }
+        counts[t] = total;
+    }
+    int64_t total = 0;
+    for (int t = 0; t < nt; t++) total += counts[t];
+    raised[0] = total;
 }

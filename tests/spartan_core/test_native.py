@@ -82,7 +82,7 @@ def test_each_kernel_matches_pytorch(threads: int) -> None:
         assert_close(native.masked_forward(w, m, h), w * m * h, rtol=0, atol=0)
 
         raised = w.abs()
-        native.raise_to(raised, 0.5, 9.0)
+        assert native.raise_to(raised, 0.5, 9.0) == int((w.abs() >= 0.5).sum())
         assert torch.equal(raised, torch.where(w.abs() >= 0.5, 9.0, w.abs()))
         assert native.float_of_bits(int(w.abs().max().view(torch.int32))) == float(w.abs().max())
 
@@ -123,8 +123,11 @@ def test_each_kernel_matches_pytorch(threads: int) -> None:
 
         u = _values(n)
         soft, hard = u.clone(), torch.empty(n, dtype=torch.bool)
-        s_sum = native.fill_masks(soft, 3.0, -1.5, 0.2, soft, hard)  # in place
+        s_sum, kept = native.fill_masks(soft, 3.0, -1.5, 0.2, soft, hard)  # in place
         assert torch.equal(hard, u >= 0.2)
+        assert kept == int((u >= 0.2).sum())
+        again = torch.empty(n, dtype=torch.bool)
+        assert native.ge(u, 0.2, again) == kept and torch.equal(again, hard)
         ref_m = torch.sigmoid(3.0 * u.double() - 1.5)
         assert_close(soft.double(), ref_m, rtol=1e-6, atol=1e-7)
         assert s_sum == pytest.approx(float((ref_m * (1 - ref_m)).sum()), rel=1e-5)

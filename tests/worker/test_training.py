@@ -96,7 +96,7 @@ def test_cost_report_and_spec(reference: tuple[TrainResult, Path]) -> None:
     spec = json.loads((out / "spec.json").read_text())
     assert spec["sparsity"]["beta_max"] == 10.0  # the default, resolved
     assert spec["sparsity"]["beta_init"] == 10.0
-    assert spec["sparsity"]["layer_floor"] == 0.4
+    assert spec["sparsity"]["layer_floor"] == 0.0
     assert spec["training"]["checkpoint_every_steps"] == 3
 
 

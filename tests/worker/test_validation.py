@@ -140,5 +140,5 @@ def test_layer_floor_is_a_fraction_and_reaches_the_sparsifier(
         trainer._build()  # model, data and the SparsifierConfig, no training
         return trainer.config
 
-    assert config_of(tiny_spec()).layer_floor == 0.4  # the library default
-    assert config_of(tiny_spec(sparsity={"layer_floor": 0.0})).layer_floor == 0.0
+    assert config_of(tiny_spec()).layer_floor == 0.0  # the library default
+    assert config_of(tiny_spec(sparsity={"layer_floor": 0.4})).layer_floor == 0.4
