@@ -14,6 +14,7 @@ expensive phase: masks are recomputed after every step.
     .venv/bin/python benchmarks/train_step.py            # full: both models, batch 4 and 32
     .venv/bin/python benchmarks/train_step.py --quick    # resnet18, batch 4, few steps
     .venv/bin/python benchmarks/train_step.py --breakdown resnet50,4 --threads 1
+    .venv/bin/python benchmarks/train_step.py --methods dense,spartan,spartan@0.4  # layer_floor
 """
 
 from __future__ import annotations
@@ -26,8 +27,23 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 METHODS = ("dense", "spartan", "topkast", "magnitude")
+
+
+def _config(method: str) -> Any:
+    """The sparsifier config of a method name; ``spartan@0.4`` sets ``layer_floor=0.4``."""
+    from spartan_core import SparsifierConfig
+
+    name, _, floor = method.partition("@")
+    return SparsifierConfig(
+        method=name,
+        target=0.1,
+        warmup_frac=0.0,
+        finetune_frac=0.2,
+        layer_floor=float(floor or 0.0),
+    )
 
 
 def run_one(model_name: str, batch: int, method: str, steps: int, warmup: int) -> dict:
@@ -36,13 +52,13 @@ def run_one(model_name: str, batch: int, method: str, steps: int, warmup: int) -
     import torchvision
     from torch import nn
 
-    from spartan_core import Sparsifier, SparsifierConfig
+    from spartan_core import Sparsifier
 
     torch.manual_seed(0)
     model = getattr(torchvision.models, model_name)(num_classes=1000)
     sparsifier = None
     if method != "dense":
-        config = SparsifierConfig(method=method, target=0.1, warmup_frac=0.0, finetune_frac=0.2)
+        config = _config(method)
         sparsifier = Sparsifier(model, config, total_steps=10 * (steps + warmup) + 10)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
     x = torch.randn(batch, 3, 64, 64)
@@ -111,13 +127,13 @@ def _phases(
     import torchvision
     from torch import nn
 
-    from spartan_core import Sparsifier, SparsifierConfig
+    from spartan_core import Sparsifier
 
     torch.manual_seed(0)
     model = getattr(torchvision.models, model_name)(num_classes=1000)
     sparsifier = None
     if method != "dense":
-        config = SparsifierConfig(method=method, target=0.1, warmup_frac=0.0, finetune_frac=0.2)
+        config = _config(method)
         sparsifier = Sparsifier(model, config, total_steps=10 * (steps + warmup) + 10)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
     x = torch.randn(batch, 3, 64, 64)
