@@ -73,9 +73,10 @@ class SparsifierConfig:
             about this share of the group's kept fraction f, counted in entries (its
             largest), so that no layer is pruned away and an expensive layer is not starved;
             the rest of the budget is shared globally. 0 (the default) is the published
-            behaviour. 0.4 removed every collapse and gained 1-5 points under cost budgets in
-            docs/layer_floor/accuracy.md, but it costs up to twice the mask update's time
-            (the global threshold and dual move more between steps), so it is opt-in.
+            behaviour. 0.4 removed the short-budget collapses and gained 2-5 points in the
+            matched cost-budget runs of docs/layer_floor/accuracy.md, but it can double the
+            mask update's time (the global threshold and dual move more between steps), so
+            it is opt-in.
     """
 
     method: str = "spartan"
