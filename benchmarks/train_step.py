@@ -46,11 +46,10 @@ def _config(method: str) -> Any:
     )
 
 
-def run_one(model_name: str, batch: int, method: str, steps: int, warmup: int) -> dict:
-    """Time ``steps`` training steps after ``warmup`` untimed ones, in this process."""
+def _setup(model_name: str, batch: int, method: str, steps: int) -> tuple[Any, ...]:
+    """(model, sparsifier or None, optimizer, inputs, labels) for one configuration."""
     import torch
     import torchvision
-    from torch import nn
 
     from spartan_core import Sparsifier
 
@@ -58,11 +57,18 @@ def run_one(model_name: str, batch: int, method: str, steps: int, warmup: int) -
     model = getattr(torchvision.models, model_name)(num_classes=1000)
     sparsifier = None
     if method != "dense":
-        config = _config(method)
-        sparsifier = Sparsifier(model, config, total_steps=10 * (steps + warmup) + 10)
+        sparsifier = Sparsifier(model, _config(method), total_steps=10 * steps + 10)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
     x = torch.randn(batch, 3, 64, 64)
     y = torch.randint(0, 1000, (batch,))
+    return model, sparsifier, optimizer, x, y
+
+
+def run_one(model_name: str, batch: int, method: str, steps: int, warmup: int) -> dict:
+    """Time ``steps`` training steps after ``warmup`` untimed ones, in this process."""
+    from torch import nn
+
+    model, sparsifier, optimizer, x, y = _setup(model_name, batch, method, steps + warmup)
     model.train()
     wall, cpu, sparsify = [], [], []
     for i in range(warmup + steps):
@@ -123,21 +129,9 @@ def breakdown(model_name: str, batch: int, method: str, steps: int, warmup: int)
 def _phases(
     model_name: str, batch: int, method: str, steps: int, warmup: int, solver: dict[str, float]
 ) -> dict:
-    import torch
-    import torchvision
     from torch import nn
 
-    from spartan_core import Sparsifier
-
-    torch.manual_seed(0)
-    model = getattr(torchvision.models, model_name)(num_classes=1000)
-    sparsifier = None
-    if method != "dense":
-        config = _config(method)
-        sparsifier = Sparsifier(model, config, total_steps=10 * (steps + warmup) + 10)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
-    x = torch.randn(batch, 3, 64, 64)
-    y = torch.randint(0, 1000, (batch,))
+    model, sparsifier, optimizer, x, y = _setup(model_name, batch, method, steps + warmup)
     phases = dict.fromkeys(("forward", "backward", "optimizer", "sparsifier"), 0.0)
     for i in range(warmup + steps):
         if i == warmup:

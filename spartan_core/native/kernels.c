@@ -68,6 +68,19 @@ static inline int threads_for(int64_t n, int nt) {
     return nt < 1 ? 1 : nt;
 }
 
+/* Per-thread partials added in thread order: deterministic for a given thread count. */
+static inline double sum_parts(const double *parts, int nt) {
+    double total = 0.0;
+    for (int t = 0; t < nt; t++) total += parts[t];
+    return total;
+}
+
+static inline int64_t count_parts(const int64_t *parts, int nt) {
+    int64_t total = 0;
+    for (int t = 0; t < nt; t++) total += parts[t];
+    return total;
+}
+
 /* out = |w| * scale; stats = {sum |w|, min bits of out, max bits of out} (as doubles). */
 void sp_abs_scale(const float *w, float *out, int64_t n, float scale, int nt, double *stats) {
     nt = threads_for(n, nt);
@@ -197,9 +210,7 @@ void sp_partition(const float *u, const float *cost, int64_t n, int32_t start, i
         above[t] = total;
         counts[t] = found;
     }
-    double total = 0.0;
-    for (int t = 0; t < nt; t++) total += above[t];
-    result[0] = total;
+    result[0] = sum_parts(above, nt);
     result[1] = (double)nt;
 }
 
@@ -250,13 +261,8 @@ void sp_sigmoid_sums(const float *u, const float *cost, int64_t n, float a, floa
         s1[t] = t1;
         s2[t] = t2;
     }
-    double r1 = 0.0, r2 = 0.0;
-    for (int t = 0; t < nt; t++) {
-        r1 += s1[t];
-        r2 += s2[t];
-    }
-    sums[0] = r1;
-    sums[1] = r2;
+    sums[0] = sum_parts(s1, nt);
+    sums[1] = sum_parts(s2, nt);
 }
 
 /* hard = u >= threshold; soft = sigmoid(a * u + b) (soft may alias u);
@@ -293,14 +299,8 @@ void sp_fill_masks(const float *u, int64_t n, float a, float b, float threshold,
         sums[t] = total;
         counts[t] = kept;
     }
-    double total = 0.0;
-    int64_t kept = 0;
-    for (int t = 0; t < nt; t++) {
-        total += sums[t];
-        kept += counts[t];
-    }
-    out[0] = total;
-    out[1] = (double)kept;
+    out[0] = sum_parts(sums, nt);
+    out[1] = (double)count_parts(counts, nt);
 }
 
 /* hard = u >= threshold; returns the count kept in kept[0]. */
@@ -326,9 +326,7 @@ void sp_ge(const float *u, int64_t n, float threshold, uint8_t *hard, int nt, in
         }
         counts[t] = total;
     }
-    int64_t total = 0;
-    for (int t = 0; t < nt; t++) total += counts[t];
-    kept[0] = total;
+    kept[0] = count_parts(counts, nt);
 }
 
 /* out = (w * m) * h */
@@ -365,9 +363,7 @@ void sp_soft_backward(const float *G, const float *w, const float *m, float coef
         }
         sums[t] = total;
     }
-    double total = 0.0;
-    for (int t = 0; t < nt; t++) total += sums[t];
-    dot[0] = total;
+    dot[0] = sum_parts(sums, nt);
 }
 
 /* grad (+)= coef * m (1 - m) * sign(w); overwrite when accumulate == 0. */
@@ -418,13 +414,8 @@ void sp_topk_backward_sums(const float *g, const float *m, const float *cost, in
         s1[t] = t1;
         s2[t] = t2;
     }
-    double r1 = 0.0, r2 = 0.0;
-    for (int t = 0; t < nt; t++) {
-        r1 += s1[t];
-        r2 += s2[t];
-    }
-    sums[0] = r1;
-    sums[1] = r2;
+    sums[0] = sum_parts(s1, nt);
+    sums[1] = sum_parts(s2, nt);
 }
 
 /* out = scale * s * (g / c - ratio), s = m (1 - m), c = cost[i] or 1. */
@@ -465,7 +456,5 @@ void sp_raise(float *u, int64_t n, float threshold, float boost, int nt, int64_t
         }
         counts[t] = total;
     }
-    int64_t total = 0;
-    for (int t = 0; t < nt; t++) total += counts[t];
-    raised[0] = total;
+    raised[0] = count_parts(counts, nt);
 }
