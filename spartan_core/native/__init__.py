@@ -26,12 +26,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
-import hashlib
-import logging
-import os
-import platform
-import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -40,8 +34,7 @@ from torch import Tensor
 from torch.autograd.graph import increment_version
 
 from spartan_core.device import all_on_cpu
-
-logger = logging.getLogger(__name__)
+from spartan_core.native import build
 
 _SOURCE = Path(__file__).with_name("kernels.c")
 _COMMON = ["-O3", "-fno-math-errno", "-ffp-contract=off", "-shared", "-fPIC"]
@@ -70,68 +63,13 @@ _SIGNATURES = {
     "sp_ge": [_P, _L, _F, _P, _I, _P],
 }
 
-_switch = {"on": os.environ.get("SPARTAN_NATIVE", "1").strip().lower() not in {"0", "false", "no"}}
-
-
-def _cache_dir() -> Path:
-    configured = os.environ.get("SPARTAN_NATIVE_CACHE")
-    if configured:
-        return Path(configured)
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "spartan"
-
-
-def _cpu_signature() -> str:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor()
-    flags = next((line for line in text.splitlines() if line.startswith("flags")), "")
-    return platform.machine() + flags
-
-
-def _build(compiler: str) -> Path:
-    """The shared library for the first flag set that compiles (cached by content hash)."""
-    source = _SOURCE.read_bytes()
-    failures = []
-    for flags in _FLAG_SETS:
-        key = hashlib.sha256(
-            b"\0".join([source, " ".join(flags + _LIBS).encode(), _cpu_signature().encode()])
-        ).hexdigest()[:16]
-        target = _cache_dir() / f"spartan_kernels-{key}.so"
-        if target.exists():
-            return target
-        target.parent.mkdir(parents=True, exist_ok=True)
-        # build beside the target, then rename: concurrent processes never load a partial file
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
-        os.close(fd)
-        try:
-            run = subprocess.run(
-                [compiler, *flags, str(_SOURCE), "-o", tmp, *_LIBS], capture_output=True, text=True
-            )
-            if run.returncode == 0:
-                os.replace(tmp, target)
-                return target
-            failures.append(f"{' '.join(flags)}: {run.stderr.strip()[-500:]}")
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-    raise OSError("could not compile kernels.c:\n" + "\n".join(failures))
+_switch = {"on": build.switched_on()}
 
 
 @functools.cache
 def _library() -> ctypes.CDLL | None:
-    compiler = os.environ.get("CC", "cc")
-    try:
-        lib = ctypes.CDLL(str(_build(compiler)))
-    except OSError as exc:  # no compiler, a failed build or an unloadable library
-        logger.warning("spartan native kernels unavailable, using PyTorch code: %s", exc)
-        return None
-    for name, argtypes in _SIGNATURES.items():
-        fn = getattr(lib, name)
-        fn.argtypes = argtypes
-        fn.restype = None
-    return lib
+    signatures = {name: (argtypes, None) for name, argtypes in _SIGNATURES.items()}
+    return build.load(_SOURCE, _FLAG_SETS, signatures, _LIBS)
 
 
 def available() -> bool:

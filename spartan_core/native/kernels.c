@@ -3,7 +3,7 @@
  * Each kernel is one pass over its inputs. Work is split into one contiguous range per
  * thread; every reduction keeps one partial per thread, summed in thread order by the caller's
  * thread, so results are deterministic for a given thread count. Inside a thread, float
- * partial sums over blocks of BLOCK entries are accumulated in double.
+ * partial sums over blocks of SUM_BLOCK entries are accumulated in double.
  *
  * Sigmoid saturates to exactly 0 or 1 (see sigmoid()), so no input gives inf or NaN.
  */
@@ -50,6 +50,9 @@ static inline float sigmoid(float x) {
 }
 
 #define BLOCK 1024
+/* float partial sums cover this many entries (8 per SIMD lane): a longer run of equal terms
+ * would bias a float accumulator */
+#define SUM_BLOCK 128
 #define MAX_THREADS 256
 
 static inline void range_of(int64_t n, int nt, int t, int64_t *lo, int64_t *hi) {
@@ -93,8 +96,8 @@ void sp_abs_scale(const float *w, float *out, int64_t n, float scale, int nt, do
         range_of(n, nt, t, &lo, &hi);
         double total = 0.0;
         int32_t low = INT32_MAX, high = INT32_MIN;
-        for (int64_t b = lo; b < hi; b += BLOCK) {
-            int64_t e = b + BLOCK < hi ? b + BLOCK : hi;
+        for (int64_t b = lo; b < hi; b += SUM_BLOCK) {
+            int64_t e = b + SUM_BLOCK < hi ? b + SUM_BLOCK : hi;
             float part = 0.0f;
 #pragma omp simd reduction(+ : part) reduction(min : low) reduction(max : high)
             for (int64_t i = b; i < e; i++) {
@@ -244,8 +247,8 @@ void sp_sigmoid_sums(const float *u, const float *cost, int64_t n, float a, floa
         int64_t lo, hi;
         range_of(n, nt, t, &lo, &hi);
         double t1 = 0.0, t2 = 0.0;
-        for (int64_t k = lo; k < hi; k += BLOCK) {
-            int64_t e = k + BLOCK < hi ? k + BLOCK : hi;
+        for (int64_t k = lo; k < hi; k += SUM_BLOCK) {
+            int64_t e = k + SUM_BLOCK < hi ? k + SUM_BLOCK : hi;
             float p1, p2;
             if (cost && out)
                 sigmoid_block(u, cost, k, e, a, b, out, 1, 1, &p1, &p2);
@@ -279,8 +282,8 @@ void sp_fill_masks(const float *u, int64_t n, float a, float b, float threshold,
         range_of(n, nt, t, &lo, &hi);
         double total = 0.0;
         int64_t kept = 0;
-        for (int64_t k = lo; k < hi; k += BLOCK) {
-            int64_t e = k + BLOCK < hi ? k + BLOCK : hi;
+        for (int64_t k = lo; k < hi; k += SUM_BLOCK) {
+            int64_t e = k + SUM_BLOCK < hi ? k + SUM_BLOCK : hi;
             float part = 0.0f;
             int32_t count = 0;
 #pragma omp simd reduction(+ : part, count)
@@ -313,8 +316,8 @@ void sp_ge(const float *u, int64_t n, float threshold, uint8_t *hard, int nt, in
         int64_t lo, hi;
         range_of(n, nt, t, &lo, &hi);
         int64_t total = 0;
-        for (int64_t k = lo; k < hi; k += BLOCK) {
-            int64_t e = k + BLOCK < hi ? k + BLOCK : hi;
+        for (int64_t k = lo; k < hi; k += SUM_BLOCK) {
+            int64_t e = k + SUM_BLOCK < hi ? k + SUM_BLOCK : hi;
             int32_t count = 0;
 #pragma omp simd reduction(+ : count)
             for (int64_t i = k; i < e; i++) {
@@ -349,8 +352,8 @@ void sp_soft_backward(const float *G, const float *w, const float *m, float coef
         int64_t lo, hi;
         range_of(n, nt, t, &lo, &hi);
         double total = 0.0;
-        for (int64_t k = lo; k < hi; k += BLOCK) {
-            int64_t e = k + BLOCK < hi ? k + BLOCK : hi;
+        for (int64_t k = lo; k < hi; k += SUM_BLOCK) {
+            int64_t e = k + SUM_BLOCK < hi ? k + SUM_BLOCK : hi;
             float part = 0.0f;
 #pragma omp simd reduction(+ : part)
             for (int64_t i = k; i < e; i++) {
@@ -390,8 +393,8 @@ void sp_topk_backward_sums(const float *g, const float *m, const float *cost, in
         int64_t lo, hi;
         range_of(n, nt, t, &lo, &hi);
         double t1 = 0.0, t2 = 0.0;
-        for (int64_t k = lo; k < hi; k += BLOCK) {
-            int64_t e = k + BLOCK < hi ? k + BLOCK : hi;
+        for (int64_t k = lo; k < hi; k += SUM_BLOCK) {
+            int64_t e = k + SUM_BLOCK < hi ? k + SUM_BLOCK : hi;
             float p1 = 0.0f, p2 = 0.0f;
             if (cost) {
 #pragma omp simd reduction(+ : p1, p2)
@@ -443,8 +446,8 @@ void sp_raise(float *u, int64_t n, float threshold, float boost, int nt, int64_t
         int64_t lo, hi;
         range_of(n, nt, t, &lo, &hi);
         int64_t total = 0;
-        for (int64_t k = lo; k < hi; k += BLOCK) {
-            int64_t e = k + BLOCK < hi ? k + BLOCK : hi;
+        for (int64_t k = lo; k < hi; k += SUM_BLOCK) {
+            int64_t e = k + SUM_BLOCK < hi ? k + SUM_BLOCK : hi;
             int32_t count = 0;
 #pragma omp simd reduction(+ : count)
             for (int64_t i = k; i < e; i++) {
