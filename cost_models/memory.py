@@ -15,6 +15,11 @@ format      per kept block (bytes)    fixed per layer (bytes)
 ``auto`` (the default) is ``csr`` for unstructured sparsity and ``bsr`` for blocks; the two
 agree for 1 x 1 blocks. Dense storage is not offered: its size does not depend on the mask.
 Biases and unmasked layers are not counted.
+
+N:M layers (``nm=(n, m)``) under ``auto`` use the N:M format of sparse tensor cores: each kept
+weight stores its value plus ceil(log2 m) bits of index metadata (its position in the group: 2
+bits for 2:4), ``v + ceil(log2 m) / 8`` bytes per kept weight and no fixed cost. A format named
+explicitly prices N:M layers as single weights in that format.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from cost_models.registry import register
 from spartan_core.blocks import BlockShape, block_grid
 from spartan_core.costs import LayerCost
 from spartan_core.layers import MaskTarget
+from spartan_core.nm import NMShape, validate_nm
 
 FORMATS = ("auto", "csr", "bsr", "coo", "bitmask")
 
@@ -67,11 +73,26 @@ class MemoryCost(CostModelBase):
             "index_bytes": self.index_bytes,
         }
 
-    def resolved_format(self, block_shape: BlockShape) -> str:
-        """The format actually used for a block shape (``auto`` resolved)."""
+    def resolved_format(self, block_shape: BlockShape, nm: NMShape | None = None) -> str:
+        """The format actually used for a block shape or N:M (``auto`` resolved)."""
         if self.format != "auto":
             return self.format
+        if nm is not None:
+            return "nm"
         return "csr" if tuple(block_shape) == (1, 1) else "bsr"
+
+    def nm_layer_cost(self, target: MaskTarget, nm: NMShape) -> LayerCost:
+        """Bytes per kept weight of an N:M layer: the value and its index in the group."""
+        if self.resolved_format((1, 1), nm) != "nm":
+            return self.layer_cost(target, (1, 1))
+        _, m = validate_nm(nm)
+        return LayerCost(per_entry=self.dtype_bytes + math.ceil(math.log2(m)) / 8)
+
+    def nm_layer_costs(
+        self, model: nn.Module, targets: Sequence[MaskTarget], nm: NMShape
+    ) -> dict[str, LayerCost]:
+        """``layer_costs`` for N:M layers (see ``spartan_core.costs.price_targets``)."""
+        return {t.name: self.nm_layer_cost(t, nm) for t in targets}
 
     def layer_cost(self, target: MaskTarget, block_shape: BlockShape) -> LayerCost:
         """Bytes per kept block and fixed bytes of one layer."""

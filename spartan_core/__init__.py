@@ -7,6 +7,7 @@ from spartan_core.blocks import block_values, expand_block_mask
 from spartan_core.config import SparsifierConfig
 from spartan_core.costs import CostModel, LayerCost, ParamsCost
 from spartan_core.layers import MaskTarget, find_targets, layer_predicate, maskable_targets
+from spartan_core.nm import check_nm_tiling, nm_hard_mask, nm_target, validate_nm
 from spartan_core.soft_topk import (
     SoftTopKResult,
     hard_threshold,
@@ -15,6 +16,7 @@ from spartan_core.soft_topk import (
     soft_topk,
     solve_dual,
 )
+from spartan_core.soft_topk_nm import SoftTopKNMResult, soft_topk_nm
 from spartan_core.sparsifier import Sparsifier
 
 __all__ = [
@@ -22,17 +24,23 @@ __all__ = [
     "LayerCost",
     "MaskTarget",
     "ParamsCost",
+    "SoftTopKNMResult",
     "SoftTopKResult",
     "Sparsifier",
     "SparsifierConfig",
     "block_values",
+    "check_nm_tiling",
     "expand_block_mask",
     "find_targets",
     "hard_threshold",
     "hard_threshold_and_dual",
     "layer_predicate",
     "maskable_targets",
+    "nm_hard_mask",
+    "nm_target",
     "soft_mask",
     "soft_topk",
+    "soft_topk_nm",
     "solve_dual",
+    "validate_nm",
 ]

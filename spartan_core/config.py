@@ -15,6 +15,7 @@ from spartan_core.blocks import BlockShape
 from spartan_core.costs import CostModel, ParamsCost
 from spartan_core.distribution import DISTRIBUTIONS
 from spartan_core.methods import METHODS
+from spartan_core.nm import NMShape, validate_nm
 
 ANNEALINGS = ("linear", "cosine")
 VALUE_SCALES = ("mean", "none")
@@ -41,17 +42,42 @@ class SparsifierConfig:
     divided by a detached scale, their cost-weighted mean sum(v) / sum(c), before the soft
     top-k, which makes beta dimensionless: beta = 10 means the soft mask goes from 0.27 to 0.73
     over +-0.1 mean unit values around the dual. ``value_scale="none"`` is the published
-    behaviour. The hard mask does not depend on the scale.
+    behaviour. The hard mask does not depend on the scale. For N:M layers S is the layer's
+    mean unit value (every layer is its own budget).
+
+    N:M structure (``nm=(n, m)``; 2:4 is what NVIDIA sparse tensor cores run): in every group
+    of m consecutive weights along the input dimension of each masked weight viewed as
+    (out, in) (conv kernels flattened to in * kh * kw), exactly n are kept after finalize;
+    every masked layer's input size must be a multiple of m (one ValueError names every layer
+    that is not; exclude them). Every group is its own budget, so the masked layers keep n / m
+    of their cost by construction and ``target`` cannot move that: leave it out (None) and
+    the Sparsifier uses the whole-model fraction n / m allows, (n / m * masked + dense) /
+    (masked + dense) under the cost model, the maskable layers left dense by include/exclude
+    counted at full cost as above; a target that is given must equal that fraction (within
+    0.001) or the Sparsifier raises ValueError with both numbers. A cost budget still weighs
+    layers through include/exclude: which layers are N:M and which stay dense.
+    ``distribution`` ``global`` and ``uniform`` mean the same under N:M, ``erk`` and a
+    ``layer_floor`` are errors, and ``block_shape`` must be (1, 1).
+
+    N:M schedule: the kept fraction f anneals from 1 to n / m over the warm-up as for the
+    other structures, applied per group: the soft budget of each group is k = f * m, the hard
+    mask keeps the ceil(k) largest |w| of each group (ties to the lower index), so exactly n
+    from the end of warm-up on, and the masks freeze at fine-tune start as usual. All three
+    methods take N:M; Spartan's soft mask solves one dual per group, all groups of a layer
+    together (``spartan_core.soft_topk_nm``), and nothing couples groups or layers.
 
     Attributes:
         method: ``spartan`` (soft top-k masks), ``topkast`` (hard mask, straight-through
             backward) or ``magnitude`` (gradual magnitude pruning).
         target: the kept cost fraction f in (0, 1]; 0.1 means 90% sparse under ``params``.
+            Required unless ``nm`` is given (see "N:M structure" above).
         distribution: how the budget is spread over layers: ``global`` (one budget and one
             dual variable over all masked layers), ``uniform`` (the same fraction per layer) or
             ``erk`` (Erdos-Renyi-Kernel fractions, as in RigL).
         block_shape: (r, c) blocks over each weight viewed as (out, in), conv kernels
             flattened into ``in``; (1, 1) is unstructured.
+        nm: (n, m) integers with 1 <= n < m for N:M structure (see above); None (the
+            default) for unstructured or block sparsity.
         beta_init: inverse temperature of the soft top-k at step 0. The published default
             is 1; None (the default) selects min(10, ``beta_max``), so unstructured runs at the
             default ``beta_max`` keep beta constant at 10:
@@ -80,9 +106,10 @@ class SparsifierConfig:
     """
 
     method: str = "spartan"
-    target: float
+    target: float | None = None  # None: only with nm (n / m of the masked layers)
     distribution: str = "global"
     block_shape: BlockShape = (1, 1)
+    nm: NMShape | None = None
     beta_init: float | None = None  # None: min(DEFAULT_BETA_INIT, beta_max)
     beta_max: float = DEFAULT_BETA_MAX
     warmup_frac: float = 0.2
@@ -99,7 +126,9 @@ class SparsifierConfig:
         _choice("distribution", self.distribution, tuple(DISTRIBUTIONS))
         _choice("annealing", self.annealing, ANNEALINGS)
         _choice("value_scale", self.value_scale, VALUE_SCALES)
-        if not _is_real(self.target) or not 0.0 < self.target <= 1.0:
+        if self.target is None and self.nm is None:
+            raise ValueError("target: expected a kept cost fraction in (0, 1], got None")
+        if self.target is not None and (not _is_real(self.target) or not 0.0 < self.target <= 1.0):
             raise ValueError(
                 f"target: expected a kept cost fraction in (0, 1], got {self.target!r}"
             )
@@ -109,6 +138,8 @@ class SparsifierConfig:
                 f"block_shape: expected two positive integers, got {self.block_shape!r}"
             )
         object.__setattr__(self, "block_shape", (int(shape[0]), int(shape[1])))
+        if self.nm is not None:
+            object.__setattr__(self, "nm", validate_nm(self.nm))
         if self.beta_max is None:
             object.__setattr__(self, "beta_max", DEFAULT_BETA_MAX)
         if self.beta_init is None:
@@ -147,6 +178,25 @@ class SparsifierConfig:
         elif not isinstance(self.cost_model, CostModel):
             raise ValueError(
                 f"cost_model: expected a name or a CostModel object, got {self.cost_model!r}"
+            )
+        if self.nm is not None:
+            self._check_nm()
+
+    def _check_nm(self) -> None:
+        if self.block_shape != (1, 1):
+            raise ValueError(
+                f"nm: N:M keeps single weights, so block_shape must be (1, 1) with nm; got "
+                f"nm={self.nm} and block_shape={self.block_shape}"
+            )
+        if self.distribution == "erk":
+            raise ValueError(
+                f"distribution: 'erk' gives layers different fractions, but nm={self.nm} keeps "
+                "n/m of every layer; use 'global' or 'uniform'"
+            )
+        if self.layer_floor > 0.0:
+            raise ValueError(
+                f"layer_floor: nm={self.nm} keeps n/m of every layer, so a floor does not apply; "
+                f"got {self.layer_floor!r}"
             )
 
     @classmethod

@@ -29,6 +29,10 @@ coupling term uses sign(+-0) = +-1 (``copysign``), a valid subgradient of |w|.
 
 For 1x1 blocks on contiguous float32 CPU weights the forward product, the local gradient with
 its share of dL/dlam, and the dual node's term are each one fused pass (:mod:`spartan_core.native`).
+
+N:M layers (``spartan_core.nm``) keep their masks in the weight's shape, viewed as (G, m) groups.
+Every group is its own budget with its own dual, so nothing couples groups or layers: Spartan's
+``NMSoftMask`` gives the whole gradient locally, with Lambda summed over each group of m only.
 """
 
 from __future__ import annotations
@@ -44,6 +48,8 @@ from torch.autograd.function import once_differentiable
 from spartan_core import native
 from spartan_core.blocks import BlockShape, block_grid
 from spartan_core.layers import MaskTarget
+from spartan_core.nm import NMShape, group_view
+from spartan_core.soft_topk_nm import group_soft_backward
 
 if TYPE_CHECKING:
     from spartan_core.methods import Method
@@ -134,11 +140,13 @@ class MaskParametrization(nn.Module):
 
     Buffers (not persistent, so ``model.state_dict()`` is unchanged; they follow
     ``model.to()``): ``hard`` (bool, entry layout) and, for soft methods, ``soft`` (the
-    weight's dtype, entry layout).
+    weight's dtype, entry layout) and, for N:M, ``nm_dual`` (float64, (G,): each group's dual
+    from the last update, NaN before the first).
     """
 
     soft: Tensor | None
     hard: Tensor
+    nm_dual: Tensor | None
 
     def __init__(
         self,
@@ -148,10 +156,14 @@ class MaskParametrization(nn.Module):
         cost: float,
         method: Method,
         scratch: Scratch | None = None,
+        nm: NMShape | None = None,
     ) -> None:
         super().__init__()
         rows, cols = block_grid(target, block_shape)
+        if nm is not None and block_shape != (1, 1):
+            raise ValueError(f"nm: needs block_shape (1, 1), got {block_shape!r}")
         self.name = target.name
+        self.nm = nm
         self.block_shape = block_shape
         self.cost = float(cost)
         self.weight_shape = tuple(weight.shape)
@@ -174,6 +186,11 @@ class MaskParametrization(nn.Module):
             else None
         )
         self.register_buffer("soft", soft, False)
+        nm_dual = None
+        if nm is not None and method.soft:
+            groups = weight.numel() // nm[1]
+            nm_dual = torch.full((groups,), math.nan, dtype=torch.float64, device=weight.device)
+        self.register_buffer("nm_dual", nm_dual, False)
 
     def forward(self, weight: Tensor) -> Tensor:
         return self.method.forward(weight, self)
@@ -198,7 +215,8 @@ class MaskParametrization(nn.Module):
         return mask.expand(self.blocked_shape).reshape(self.weight_shape)
 
     def extra_repr(self) -> str:
-        return f"{self.name}, method={self.method.name}, block_shape={self.block_shape}"
+        structure = f"nm={self.nm}" if self.nm is not None else f"block_shape={self.block_shape}"
+        return f"{self.name}, method={self.method.name}, {structure}"
 
 
 def masked_product(weight: Tensor, mask: Tensor, layer: MaskParametrization) -> Tensor:
@@ -365,3 +383,41 @@ class StraightThrough(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor, None]:
         return grad_out, None
+
+
+class NMSoftMask(torch.autograd.Function):
+    """w -> (w * m) * h for an N:M layer, with the per-group implicit gradient.
+
+    With G = dL/dw_fwd, g = G * w (dL/dm, h the identity), b the group's slope and c the
+    layer's cost per weight, over each group of m weights:
+
+        dL/dw = G * m + (b / c) * s * (g - sum_group g s / sum_group s) * sign(w),
+
+    s = m (1 - m). The masks and the slope are read from ``layer`` and saved, as ``SoftMask``
+    does.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, weight: Tensor, layer: MaskParametrization) -> Tensor:
+        soft, hard, group = layer.soft, layer.hard, layer.group
+        assert soft is not None and group is not None and layer.nm is not None
+        out = weight * soft
+        out.mul_(hard.view(torch.uint8))
+        ctx.m = layer.nm[1]
+        ctx.coef = group.slope / layer.cost if group.fraction < 1.0 else 0.0
+        ctx.save_for_backward(weight, soft)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, None]:
+        weight, soft = ctx.saved_tensors
+        grad_w = grad_out * soft
+        if ctx.coef == 0.0:
+            return grad_w, None
+        m = ctx.m
+        g = group_view(grad_out * weight, m)  # (G, m) dL/dm
+        grad_v = group_soft_backward(g, group_view(soft, m), ctx.coef)  # (G, m) dL/d|w|
+        sign = torch.ones_like(weight).copysign_(weight)  # sign(+-0) = +-1, as DualNode
+        grad_w.addcmul_(grad_v.view(weight.shape), sign)
+        return grad_w, None

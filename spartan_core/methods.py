@@ -10,6 +10,11 @@
 
 All three anneal the cost fraction the same way and freeze their mask at fine-tune start, after
 which training is plain masked training (forward w * M, gradient G * M).
+
+N:M layers (``SparsifierConfig.nm``) are updated by ``update_nm`` instead: every group of m
+weights keeps the annealed mass k in [n, m] (``schedule.nm_kept_at``); the hard mask keeps the
+ceil(k) largest |w| of each group, and Spartan's soft mask solves one dual per group
+(``soft_topk_nm``), its forward being ``masking.NMSoftMask``.
 """
 
 from __future__ import annotations
@@ -27,22 +32,27 @@ from spartan_core.masking import (
     DualGroup,
     DualNode,
     MaskParametrization,
+    NMSoftMask,
     PendingGrads,
     SoftMask,
     StraightThrough,
     masked_product,
 )
+from spartan_core.nm import group_view, kept_count, nm_hard_mask, sort_groups
 from spartan_core.soft_topk import (
     hard_threshold,
     hard_threshold_and_dual,
     top_threshold_unchecked,
 )
+from spartan_core.soft_topk_nm import cold_start_duals, solve_group_duals
 
 logger = logging.getLogger(__name__)
 
 _SMALLEST_FLOAT32 = 1.401298464324817e-45  # u >= this is u > 0 in float32
 _FLOOR_SLACK = 1.25  # layers that kept this many times their floor are not checked
 _FLOOR_BAND = (0.9, 1.25)  # a reused floor threshold may raise this share of the floor
+_NM_FULL_SLACK = 1e-9  # an N:M kept mass this close to m keeps everything
+_NM_TOL = {False: 1e-6, True: 1e-10}  # N:M kept mass tolerance (relative): float32, float64
 
 
 class Method:
@@ -68,6 +78,13 @@ class Method:
         layer_floor: float = 0.0,
     ) -> None:
         """Recompute the group's masks from its layers' current weights (under no_grad)."""
+        raise NotImplementedError
+
+    def update_nm(
+        self, group: DualGroup, weight: Tensor, kept: float, beta: float, *, value_scale: str
+    ) -> None:
+        """Recompute an N:M layer's masks (the group's one layer): every group of m weights
+        keeps the mass ``kept`` in [n, m] (under no_grad)."""
         raise NotImplementedError
 
     def forward(self, weight: Tensor, layer: MaskParametrization) -> Tensor:
@@ -178,6 +195,31 @@ def _raise_floor(
             layer.floor = -math.inf  # select exactly at the next update
 
 
+def _nm_values(layer: MaskParametrization, weight: Tensor) -> tuple[Tensor, float]:
+    """v = |w| as float64 (G, m) groups, and the sum of v.
+
+    Raises:
+        ValueError: naming the layer if a weight is NaN or infinite.
+    """
+    assert layer.nm is not None
+    values = group_view(weight.detach().abs().to(torch.float64), layer.nm[1])  # (G, m)
+    total = float(values.sum())
+    if not math.isfinite(total):
+        raise ValueError(f"weights: {layer.name} holds NaN or infinite values")
+    return values, total
+
+
+def _nm_scalars(group: DualGroup, fraction: float, beta: float, scale: float = 1.0) -> None:
+    """The group's scalars for an N:M layer: no shared dual or threshold, no coupling."""
+    group.fraction, group.beta, group.scale = fraction, beta, scale
+    group.dual = group.threshold = -math.inf
+    group.s_cost, group.iterations = 0.0, 0
+
+
+def _logit(p: float) -> float:
+    return math.log(p / (1.0 - p))
+
+
 def _warm(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
@@ -251,9 +293,42 @@ class Spartan(Method):
         group.dual, group.threshold = float(dual), float(threshold)
         group.s_cost, group.iterations = s_cost, int(iterations)
 
+    def update_nm(
+        self, group: DualGroup, weight: Tensor, kept: float, beta: float, *, value_scale: str
+    ) -> None:
+        (layer,) = group.layers
+        assert layer.nm is not None and layer.soft is not None and layer.nm_dual is not None
+        m = layer.nm[1]
+        values, total = _nm_values(layer, weight)
+        if kept >= m - _NM_FULL_SLACK:
+            _keep_all(group, 1.0, beta)
+            layer.nm_dual.fill_(-math.inf)
+            return
+        count = kept_count(kept, m)
+        layer.kept = count * values.shape[0]
+        units = values if layer.cost == 1.0 else values / layer.cost  # (G, m)
+        scale = total / (layer.cost * values.numel()) if value_scale == "mean" else 1.0
+        scale = scale if scale > 0.0 else 1.0
+        slope = beta / scale  # b = beta / S, as in ``update``
+        ordered, order = sort_groups(values)
+        start = cold_start_duals(ordered if units is values else ordered / layer.cost, kept, slope)
+        if 0.0 < group.fraction < 1.0:
+            # the last step's duals, moved as an all-equal group's would: lam = u - logit(f) / b
+            shift = _logit(group.fraction) / group.slope - _logit(kept / m) / slope
+            start = torch.where(torch.isfinite(layer.nm_dual), layer.nm_dual + shift, start)
+        tol = _NM_TOL[layer.soft.dtype == torch.float64]
+        dual, soft, iterations = solve_group_duals(units, kept, slope, start=start, tol=tol)
+        group_view(layer.soft, m).copy_(soft)
+        group_view(layer.hard, m).copy_(nm_hard_mask(values, count, order=order))
+        layer.nm_dual.copy_(dual)
+        _nm_scalars(group, kept / m, beta, scale)
+        group.iterations = iterations
+
     def forward(self, weight: Tensor, layer: MaskParametrization) -> Tensor:
         if layer.frozen:
             return masked_product(weight, layer.soft, layer)
+        if layer.nm is not None:
+            return NMSoftMask.apply(weight, layer)
         group = layer.group
         return SoftMask.apply(weight, group.node if group is not None else None, layer)
 
@@ -263,6 +338,8 @@ class Spartan(Method):
         layer.frozen = True
 
     def dual_node(self, group: DualGroup, weights: Sequence[Tensor]) -> Tensor | None:
+        if any(layer.nm is not None for layer in group.layers):
+            return None  # every N:M group is its own budget: nothing to couple
         if not group.coupled or any(layer.frozen for layer in group.layers):
             return None
         group.pending = PendingGrads()
@@ -301,6 +378,18 @@ class _HardMethod(Method):
                 torch.ge(u, threshold, out=layer.hard)
         group.fraction, group.beta = fraction, beta
         group.threshold = float(threshold)
+
+    def update_nm(
+        self, group: DualGroup, weight: Tensor, kept: float, beta: float, *, value_scale: str
+    ) -> None:
+        (layer,) = group.layers
+        assert layer.nm is not None
+        m = layer.nm[1]
+        values, _ = _nm_values(layer, weight)
+        count = kept_count(kept, m)
+        group_view(layer.hard, m).copy_(nm_hard_mask(values, count))
+        layer.kept = count * values.shape[0]
+        _nm_scalars(group, min(1.0, kept / m), beta)
 
 
 @register_method

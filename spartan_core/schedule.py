@@ -61,6 +61,28 @@ def cost_fraction_at(
     return 1.0 + (target - 1.0) * progress(step / w, annealing)
 
 
+def nm_kept_at(
+    step: int,
+    *,
+    total_steps: int,
+    nm: tuple[int, int],
+    warmup_frac: float,
+    finetune_frac: float = 0.0,
+    annealing: str = "cosine",
+) -> float:
+    """Kept mass per N:M group at ``step``: the kept fraction f annealed from 1 to n / m.
+
+    k(s) = m + (n - m) * p(s / W) for s < W, and exactly n from W on (also when W = 0): the
+    soft budget of every group of m is k(s) and the hard mask keeps ceil(k(s)) per group, so
+    n per group from the end of warm-up (the mask then freezes at F as for any structure).
+    """
+    n, m = nm
+    w = warmup_steps(total_steps, warmup_frac, finetune_frac)
+    if step >= w:
+        return float(n)
+    return m + (n - m) * progress(step / w, annealing)
+
+
 def beta_at(
     step: int,
     *,

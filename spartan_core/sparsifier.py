@@ -15,6 +15,8 @@ the layers of a budget group in the backward through a scalar node per group, cr
 forward pre-hook on the root model while it trains with gradients enabled (see ``masking``).
 A layer called on its own, outside the root model's forward, or recomputed by activation
 checkpointing during the backward, gets its local gradient only (no coupling through the dual).
+N:M layers (``SparsifierConfig.nm``) have no dual node: each layer is updated on its own, one
+dual per group of m, kept with the layer for warm starts and in ``state_dict()``.
 
 Build the optimizer from ``model.parameters()`` before or after attaching: the parametrized
 weights keep their Parameter objects (now at ``<module>.parametrizations.<name>.original``).
@@ -37,12 +39,19 @@ from torch.utils.hooks import RemovableHandle
 
 from spartan_core.blocks import block_grid, expand_block_mask, num_entries
 from spartan_core.config import SparsifierConfig, resolve_cost_model
-from spartan_core.costs import CostModel, LayerCost
+from spartan_core.costs import CostModel, LayerCost, price_targets
 from spartan_core.distribution import LayerInfo, get_distribution
 from spartan_core.layers import MaskTarget, find_targets, get_submodule, maskable_targets
 from spartan_core.masking import DualGroup, MaskParametrization, Scratch
 from spartan_core.methods import get_method
-from spartan_core.schedule import beta_at, cost_fraction_at, freeze_step, warmup_steps
+from spartan_core.nm import check_nm_tiling, nm_target
+from spartan_core.schedule import (
+    beta_at,
+    cost_fraction_at,
+    freeze_step,
+    nm_kept_at,
+    warmup_steps,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -59,8 +68,9 @@ class Sparsifier:
 
     Raises:
         ValueError: for a bad config or ``total_steps``, a model with no selected maskable
-            layer, a block shape that does not tile a layer (naming it), a layer already
-            masked, a cost model that cannot price a layer, or an unreachable target.
+            layer, a block shape that does not tile a layer (naming it), N:M groups that do
+            not tile some layers (naming them all), a layer already masked, a cost model that
+            cannot price a layer, an unreachable target, or a target that N:M cannot give.
     """
 
     def __init__(self, model: nn.Module, config: SparsifierConfig, total_steps: int) -> None:
@@ -79,6 +89,8 @@ class Sparsifier:
 
         # Validate everything before touching the model.
         self.targets: list[MaskTarget] = find_targets(model, config.include, config.exclude)
+        if config.nm is not None:
+            check_nm_tiling(self.targets, config.nm)
         for target in self.targets:
             block_grid(target, config.block_shape)
             if parametrize.is_parametrized(
@@ -88,14 +100,19 @@ class Sparsifier:
                     f"model: {target.name} already carries a parametrization "
                     "(finalize the previous Sparsifier first)"
                 )
-        costs = self._price(model, self.targets, config.block_shape, "masked")
+        costs = self._price(model, self.targets, config.block_shape, "masked", nm=config.nm)
         self.masked_cost = sum(
             costs[t.name].per_entry * num_entries(t, config.block_shape) for t in self.targets
         )
         selected = {t.name for t in self.targets}
         dense = [t for t in maskable_targets(model) if t.name not in selected]
         self.dense_cost = self._dense_cost(model, dense)
-        self._check_reachable(min(costs[t.name].per_entry for t in self.targets))
+        if config.nm is None:
+            assert config.target is not None  # the config requires it without nm
+            self.target = float(config.target)
+            self._check_reachable(min(costs[t.name].per_entry for t in self.targets))
+        else:
+            self.target = nm_target(config.nm, self.masked_cost, self.dense_cost, config.target)
         self._infos = [
             LayerInfo(t.name, t.shape, costs[t.name].per_entry * num_entries(t, config.block_shape))
             for t in self.targets
@@ -150,7 +167,7 @@ class Sparsifier:
         return cost_fraction_at(
             self._step,
             total_steps=self.total_steps,
-            target=c.target,
+            target=self.target,
             warmup_frac=c.warmup_frac,
             finetune_frac=c.finetune_frac,
             annealing=c.annealing,
@@ -266,14 +283,16 @@ class Sparsifier:
         """Everything needed to resume bit-identically, keyed by parameter name.
 
         Layers: the current masks, the layer floor's threshold and the scalars of their budget
-        group (dual, hard threshold, value scale...). Restore the model's weights and the
-        optimizer alongside.
+        group (dual, hard threshold, value scale...), and for Spartan's N:M layers the duals of
+        their groups (``nm_dual``). Restore the model's weights and the optimizer alongside.
         """
         layers = {}
         for index, layer in enumerate(self.layers):
             entry: dict[str, Any] = {"hard": layer.hard.detach().clone(), "floor": layer.floor}
             if layer.soft is not None:
                 entry["soft"] = layer.soft.detach().clone()
+            if layer.nm_dual is not None:
+                entry["nm_dual"] = layer.nm_dual.detach().clone()
             group = self._group_of(index)
             entry["group"] = list(self._group_key(index))
             entry.update(group.scalars() if group is not None else {})
@@ -285,6 +304,7 @@ class Sparsifier:
             "total_steps": self.total_steps,
             "method": self.config.method,
             "block_shape": list(self.config.block_shape),
+            "nm": None if self.config.nm is None else list(self.config.nm),
             "layers": layers,
         }
 
@@ -293,7 +313,7 @@ class Sparsifier:
 
         Raises:
             ValueError: if the state does not match this Sparsifier (version, method, block
-                shape, total steps or layer names and shapes).
+                shape, N:M, total steps or layer names and shapes).
         """
         self._check_live()
         for key, expected in (
@@ -301,6 +321,7 @@ class Sparsifier:
             ("method", self.config.method),
             ("total_steps", self.total_steps),
             ("block_shape", list(self.config.block_shape)),
+            ("nm", None if self.config.nm is None else list(self.config.nm)),
         ):
             if state.get(key) != expected:
                 raise ValueError(f"state: {key} is {state.get(key)!r}, expected {expected!r}")
@@ -310,7 +331,7 @@ class Sparsifier:
             raise ValueError(f"state: layers {sorted(saved)} do not match {sorted(names)}")
         for layer in self.layers:
             entry = saved[layer.name]
-            for key in ("hard", "soft"):
+            for key in ("hard", "soft", "nm_dual"):
                 buffer = getattr(layer, key)
                 if buffer is None:
                     continue
@@ -323,6 +344,8 @@ class Sparsifier:
                 layer.floor = float(entry.get("floor", -math.inf))  # states from before floors
                 if layer.soft is not None:
                     layer.soft.copy_(entry["soft"])
+                if layer.nm_dual is not None:
+                    layer.nm_dual.copy_(entry["nm_dual"])
         self._groups = {}
         for layer in self.layers:
             entry = saved[layer.name]
@@ -345,8 +368,10 @@ class Sparsifier:
         targets: list[MaskTarget],
         block_shape: tuple[int, int],
         what: str,
+        *,
+        nm: tuple[int, int] | None = None,
     ) -> dict[str, LayerCost]:
-        costs = self.cost_model.layer_costs(model, targets, block_shape)
+        costs = price_targets(self.cost_model, model, targets, block_shape, nm)
         missing = [t.name for t in targets if t.name not in costs]
         if missing:
             raise ValueError(
@@ -359,7 +384,7 @@ class Sparsifier:
         if not dense:
             return 0.0
         try:
-            costs = self._price(model, dense, (1, 1), "unmasked")
+            costs = self._price(model, dense, (1, 1), "unmasked", nm=None)
             return sum(costs[t.name].per_entry * t.numel for t in dense)
         except ValueError:
             block = self.config.block_shape
@@ -392,7 +417,13 @@ class Sparsifier:
             weight = getattr(module, target.param_name)
             per_entry = costs[target.name].per_entry
             layer = MaskParametrization(
-                target, weight, self.config.block_shape, per_entry, self.method, self._scratch
+                target,
+                weight,
+                self.config.block_shape,
+                per_entry,
+                self.method,
+                self._scratch,
+                nm=self.config.nm,
             )
             layer.group = DualGroup([layer])  # placeholder until the first update
             parametrize.register_parametrization(module, target.param_name, layer)
@@ -424,6 +455,9 @@ class Sparsifier:
     def _update(self, step: int) -> None:
         """Recompute every mask for the schedule at ``step``."""
         c = self.config
+        if c.nm is not None:
+            self._update_nm(step)
+            return
         fraction = self._masked_fraction(
             cost_fraction_at(
                 step,
@@ -465,6 +499,37 @@ class Sparsifier:
             "step %d: fraction %.6f beta %.4g groups %d", step, fraction, beta, len(self._groups)
         )
 
+    def _update_nm(self, step: int) -> None:
+        """Recompute every N:M layer's masks: each layer (each group of m) on its own."""
+        c = self.config
+        assert c.nm is not None
+        kept = nm_kept_at(
+            step,
+            total_steps=self.total_steps,
+            nm=c.nm,
+            warmup_frac=c.warmup_frac,
+            finetune_frac=c.finetune_frac,
+            annealing=c.annealing,
+        )
+        beta = beta_at(
+            step,
+            total_steps=self.total_steps,
+            beta_init=c.beta_init,
+            beta_max=c.beta_max_effective,
+            finetune_frac=c.finetune_frac,
+            annealing=c.annealing,
+        )
+        with torch.no_grad():
+            for index, layer in enumerate(self.layers):
+                key = (index,)
+                group = self._groups.get(key)
+                if group is None:
+                    group = self._groups[key] = DualGroup([layer])
+                layer.group = group
+                weight = self._original(index).detach()
+                self.method.update_nm(group, weight, kept, beta, value_scale=c.value_scale)
+        logger.debug("step %d: N:M kept %.6f per group of %d, beta %.4g", step, kept, c.nm[1], beta)
+
     def _freeze(self) -> None:
         for layer in self.layers:
             self.method.freeze(layer)
@@ -494,6 +559,6 @@ class Sparsifier:
 
     def __repr__(self) -> str:
         return (
-            f"Sparsifier(method={self.config.method!r}, target={self.config.target}, "
+            f"Sparsifier(method={self.config.method!r}, target={self.target:.6g}, "
             f"layers={len(self.layers)}, step={self._step}/{self.total_steps})"
         )
