@@ -9,6 +9,10 @@ count at full cost; fixed per-layer costs are outside the budget. The distributi
 (``global``), one per layer with the same fraction (``uniform``) or with Erdos-Renyi-Kernel
 fractions (``erk``); each group keeps ``u >= threshold`` (``spartan_core.soft_topk.
 hard_threshold``, linear time, no sort).
+
+N:M (``nm=(n, m)``): every group of m consecutive weights along a masked layer's input keeps
+its n largest |w| (ties to the lower index), so the masked layers keep n / m and the target,
+optional, is checked as the Sparsifier checks it (``spartan_core.nm.nm_target``).
 """
 
 from __future__ import annotations
@@ -23,11 +27,12 @@ from torch import nn
 
 from cost_models.base import cost_model_params, entry_budget
 from cost_models.registry import resolve
-from cost_models.report import LayerRow, Totals, layer_row, price_layers, totals
+from cost_models.report import LayerRow, PricedLayer, Totals, layer_row, price_layers, totals
 from spartan_core.blocks import BlockShape, block_values, expand_block_mask, validate_block_shape
 from spartan_core.costs import CostModel
 from spartan_core.distribution import LayerInfo, get_distribution
 from spartan_core.layers import find_targets, get_submodule
+from spartan_core.nm import NMShape, group_view, nm_hard_mask, nm_target, validate_nm
 from spartan_core.soft_topk import hard_threshold
 
 
@@ -43,7 +48,9 @@ class Plan(Mapping[str, Any]):
         layers: one row per maskable layer, as in the cost report (``density`` is the kept
             fraction of entries; ``sparse_cost`` the predicted cost).
         totals: as in the cost report; ``cost_fraction`` is the achieved fraction.
-        thresholds: the unit-value threshold of each budget group, keyed by its first layer.
+        thresholds: the unit-value threshold of each budget group, keyed by its first layer
+            (empty for N:M: every group of m is its own budget).
+        nm: (n, m) of N:M structure, or None.
         masks: kept blocks ``{parameter name: (n_blocks,) bool}`` of the masked layers (not in
             the JSON form).
     """
@@ -55,6 +62,7 @@ class Plan(Mapping[str, Any]):
     layers: list[LayerRow]
     totals: Totals
     thresholds: dict[str, float]
+    nm: list[int] | None = None
     masks: dict[str, torch.Tensor] = field(repr=False, default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -67,6 +75,7 @@ class Plan(Mapping[str, Any]):
             "layers": [asdict(row) for row in self.layers],
             "totals": asdict(self.totals),
             "thresholds": dict(self.thresholds),
+            "nm": None if self.nm is None else list(self.nm),
         }
 
     def __getitem__(self, key: str) -> Any:
@@ -102,38 +111,46 @@ def _param(model: nn.Module, name: str) -> torch.Tensor:
 def plan(
     model: nn.Module,
     cost_model: CostModel | str | Mapping[str, Any] | None = None,
-    target: float = 0.1,
+    target: float | None = None,
     structure: BlockShape = (1, 1),
     distribution: str = "global",
     include: Sequence[str] | None = None,
     exclude: Sequence[str] | None = None,
     input_size: Sequence[int] | None = None,
+    *,
+    nm: NMShape | None = None,
 ) -> Plan:
     """Allocate a cost budget over the layers by magnitude per unit cost (hard top-k).
 
     Args:
         model: the network, with its current (trained, uploaded or initial) weights.
         cost_model: a cost model, a registered name, ``{"name", "params"}`` or None (params).
-        target: kept fraction f in (0, 1] of the cost of all maskable weights.
+        target: kept fraction f in (0, 1] of the cost of all maskable weights; default 0.1,
+            or with ``nm`` the fraction n / m gives (a given one must match it).
         structure: (r, c) blocks over each weight viewed as (out, in); (1, 1) unstructured.
         distribution: ``global``, ``uniform`` or ``erk``.
         include: module-name globs of the layers to mask (all maskable layers when empty).
         exclude: module-name globs of layers to leave dense.
         input_size: one input's shape without batch; prices cost models that depend on it
             (overriding their own ``input_size``).
+        nm: (n, m) for N:M structure over single weights (``structure`` must be 1 x 1).
 
     Raises:
-        ValueError: for a target out of (0, 1] or unreachable, an unknown distribution or cost
-            model, blocks that do not tile a masked layer, or no layer selected.
+        ValueError: for a target out of (0, 1] or unreachable (or, with ``nm``, not the
+            fraction n / m gives), an unknown distribution or cost model, blocks or N:M groups
+            that do not tile a masked layer (naming them), or no layer selected.
     """
     cm = resolve(cost_model, input_size=input_size)
     block_shape = validate_block_shape(structure)
     split = get_distribution(distribution)
     masked = find_targets(model, include, exclude)
-    priced = price_layers(model, cm, masked, block_shape)
+    priced = price_layers(model, cm, masked, block_shape, nm)
     masked_layers = [p for p in priced if p.masked]
     masked_cost = math.fsum(p.cost.per_entry * p.entries for p in masked_layers)
     unmasked_cost = math.fsum(p.cost.per_entry * p.entries for p in priced if not p.masked)
+    if nm is not None:
+        return _nm_plan(model, cm, validate_nm(nm), target, distribution, priced)
+    target = 0.1 if target is None else target
     budget = entry_budget(
         target,
         masked_cost,
@@ -191,5 +208,52 @@ def plan(
         layers=rows,
         totals=totals(cm.unit, rows),
         thresholds=thresholds,
+        masks={name: mask.cpu() for name, mask in kept.items()},
+    )
+
+
+def _nm_plan(
+    model: nn.Module,
+    cm: CostModel,
+    nm: NMShape,
+    target: float | None,
+    distribution: str,
+    priced: Sequence[PricedLayer],
+) -> Plan:
+    """The plan of N:M layers: the n largest |w| of every group of m (see the module doc)."""
+    if distribution == "erk":
+        raise ValueError(
+            f"distribution: 'erk' gives layers different fractions, but nm={nm} keeps n/m of "
+            "every layer; use 'global' or 'uniform'"
+        )
+    if target is not None and (
+        isinstance(target, bool) or not isinstance(target, int | float) or not 0 < target <= 1
+    ):
+        raise ValueError(f"target: expected a cost fraction in (0, 1], got {target!r}")
+    masked_cost = math.fsum(p.cost.per_entry * p.entries for p in priced if p.masked)
+    unmasked_cost = math.fsum(p.cost.per_entry * p.entries for p in priced if not p.masked)
+    fraction = nm_target(nm, masked_cost, unmasked_cost, target)
+    n, m = nm
+    rows, kept = [], {}
+    for p in priced:
+        weight = _param(model, p.target.name).detach()
+        if p.masked:
+            keep = nm_hard_mask(group_view(weight.abs(), m), n).reshape(-1)
+            kept[p.target.name] = keep
+            n_kept = int(torch.count_nonzero(keep))
+            nonzero = int(torch.count_nonzero(weight.reshape(-1) * keep))
+        else:
+            n_kept = int(torch.count_nonzero(block_values(weight, p.block_shape)))
+            nonzero = int(torch.count_nonzero(weight))
+        rows.append(layer_row(cm, p, n_kept, weight.numel() - nonzero))
+    return Plan(
+        cost_model={"name": cm.name, "unit": cm.unit, "params": cost_model_params(cm)},
+        target=fraction,
+        distribution=distribution,
+        block_shape=[1, 1],
+        layers=rows,
+        totals=totals(cm.unit, rows),
+        thresholds={},
+        nm=[n, m],
         masks={name: mask.cpu() for name, mask in kept.items()},
     )

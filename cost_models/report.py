@@ -6,6 +6,9 @@ masks ``{parameter name: mask}``. Latency is predicted from the cost model when 
 and measured by running a dense copy and a sparse-kernel copy of the model
 (``cost_models.kernels``) on the current device. The JSON schema is documented in
 docs/cost_models.md (``schema_version`` 1).
+
+N:M layers (``nm=(n, m)``) count single weights (block shape 1 x 1), priced by
+``spartan_core.costs.price_targets``; their rows and the report carry ``nm``.
 """
 
 from __future__ import annotations
@@ -38,8 +41,9 @@ from spartan_core.blocks import (
     expand_block_mask,
     validate_block_shape,
 )
-from spartan_core.costs import CostModel, LayerCost
+from spartan_core.costs import CostModel, LayerCost, price_targets
 from spartan_core.layers import MaskTarget, find_targets, get_submodule, maskable_targets
+from spartan_core.nm import NMShape, check_nm_tiling, validate_nm
 
 SCHEMA_VERSION = 1
 
@@ -67,6 +71,7 @@ class LayerRow:
     predicted_dense_latency_ms: float | None = None
     predicted_sparse_latency_ms: float | None = None
     details: dict[str, Any] | None = None
+    nm: list[int] | None = None
 
 
 @dataclass
@@ -118,6 +123,7 @@ class CostReport:
     totals: Totals
     measured_latency: MeasuredLatency | None = None
     schema_version: int = SCHEMA_VERSION
+    nm: list[int] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The report as plain JSON-able data (the documented schema)."""
@@ -140,6 +146,7 @@ class CostReport:
             layers=[LayerRow(**row) for row in data["layers"]],
             totals=Totals(**data["totals"]),
             measured_latency=None if measured is None else MeasuredLatency(**measured),
+            nm=data.get("nm"),
         )
 
     def to_csv(self) -> str:
@@ -168,13 +175,14 @@ def _csv_cell(value: Any) -> Any:
 
 @dataclass(frozen=True)
 class PricedLayer:
-    """A maskable layer with its price: masked layers in the requested block shape."""
+    """A maskable layer with its price: masked layers in the requested block shape or N:M."""
 
     target: MaskTarget
     masked: bool
     block_shape: BlockShape
     cost: LayerCost
     entries: int
+    nm: NMShape | None = None
 
 
 def price_layers(
@@ -182,22 +190,32 @@ def price_layers(
     cost_model: CostModel,
     masked: Sequence[MaskTarget],
     block_shape: BlockShape,
+    nm: NMShape | None = None,
 ) -> list[PricedLayer]:
     """Price every maskable layer of ``model``, in model order.
 
-    Masked layers are priced in ``block_shape``. Maskable layers left unmasked count at their
+    Masked layers are priced in ``block_shape``, or as N:M single weights when ``nm`` is
+    given (``block_shape`` must then be 1 x 1). Maskable layers left unmasked count at their
     dense cost, priced per weight, or in ``block_shape`` when the cost model cannot price
     single weights (as the Sparsifier does).
 
     Raises:
-        ValueError: if the block shape does not tile a masked layer or the cost model cannot
-            price a layer.
+        ValueError: if the block shape or the N:M groups do not tile a masked layer, or the
+            cost model cannot price a layer.
     """
     masked_names = {t.name for t in masked}
+    if nm is not None:
+        nm = validate_nm(nm)
+        if tuple(block_shape) != (1, 1):
+            raise ValueError(
+                f"nm: N:M keeps single weights; block_shape must be (1, 1), got {block_shape!r}"
+            )
+        check_nm_tiling(masked, nm)
     for t in masked:
         block_grid(t, block_shape)
     others = [t for t in maskable_targets(model) if t.name not in masked_names]
-    costs = checked_costs(cost_model, cost_model.layer_costs(model, masked, block_shape), masked)
+    priced_masked = price_targets(cost_model, model, masked, block_shape, nm)
+    costs = checked_costs(cost_model, priced_masked, masked)
     shapes: dict[str, BlockShape] = {t.name: block_shape for t in masked}
     if others:
         try:
@@ -211,9 +229,15 @@ def price_layers(
     out = []
     for t in maskable_targets(model):
         shape = shapes[t.name]
+        is_masked = t.name in masked_names
         out.append(
             PricedLayer(
-                t, t.name in masked_names, shape, costs[t.name], math.prod(block_grid(t, shape))
+                t,
+                is_masked,
+                shape,
+                costs[t.name],
+                math.prod(block_grid(t, shape)),
+                nm if is_masked else None,
             )
         )
     return out
@@ -251,6 +275,7 @@ def layer_row(
         predicted_dense_latency_ms=cost_model.latency_ms(cost, layer.entries) if latency else None,
         predicted_sparse_latency_ms=cost_model.latency_ms(cost, kept) if latency else None,
         details=details_of(t.name) if callable(details_of) and layer.masked else None,
+        nm=None if layer.nm is None else list(layer.nm),
     )
 
 
@@ -300,6 +325,7 @@ def cost_report(
     input_size: Sequence[int] | None = None,
     *,
     block_shape: BlockShape = (1, 1),
+    nm: NMShape | None = None,
     masks: Mapping[str, torch.Tensor] | None = None,
     include: Sequence[str] | None = None,
     exclude: Sequence[str] | None = None,
@@ -317,6 +343,8 @@ def cost_report(
             that depend on it (overriding their own) and sizes the latency measurement;
             defaults to the cost model's ``input_size`` when it has one.
         block_shape: the (r, c) blocks of the masked layers (1 x 1: single weights).
+        nm: (n, m) when the masked layers are N:M (single weights, priced as N:M by the cost
+            model, e.g. the index metadata of ``memory``); rows and report then carry ``nm``.
         masks: ``{parameter name: mask}``, each mask weight-shaped, block-grid shaped or flat
             per block; nonzero = kept. Its keys then say which layers are masked.
         include: module-name globs of the masked layers (when neither masks nor masking
@@ -351,7 +379,7 @@ def cost_report(
 
     masked = _report_targets(model, masks, include, exclude)
     rows = []
-    for layer in price_layers(model, cm, masked, block_shape):
+    for layer in price_layers(model, cm, masked, block_shape, nm):
         layer_masks = masks if layer.masked else None
         kept = _block_mask(model, layer.target, layer.block_shape, layer_masks)
         weight = _effective_weight(model, layer.target, layer.block_shape, layer_masks, kept)
@@ -377,6 +405,7 @@ def cost_report(
         layers=rows,
         totals=totals(cm.unit, rows),
         measured_latency=measured,
+        nm=None if nm is None else list(validate_nm(nm)),
     )
 
 

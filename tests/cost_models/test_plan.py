@@ -86,6 +86,7 @@ def test_plan_is_a_json_mapping(tiny_convnet: nn.Module) -> None:
         "layers",
         "totals",
         "thresholds",
+        "nm",
     }
     assert data["cost_model"]["params"]["input_size"] == list(INPUT_SIZE)
     assert data["totals"]["unit"] == "MACs"
