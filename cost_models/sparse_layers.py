@@ -116,12 +116,17 @@ class NativeCsrLinear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         lead = x.shape[:-1]
-        flat = x.reshape(-1, self.in_features).float()
-        xT = flat.t().contiguous()  # (in, T)
-        yT = native.group_cols(
-            xT[None], self.vals, self.col_ptr, self.cols, self.group, self.bias, self.out_features
-        )[0]  # (out, T)
-        return yT.t().contiguous().reshape(*lead, self.out_features)
+        flat = x.reshape(-1, self.in_features)
+        tokens = flat.shape[0]
+        width = native.padded(tokens)
+        xT = torch.empty(1, self.in_features, width, dtype=torch.float32)
+        xT[0, :, :tokens].copy_(flat.t())  # (in, T) in rows of whole cache lines
+        yT = torch.empty(1, self.out_features, width, dtype=torch.float32)[:, :, :tokens]
+        native.group_cols(
+            xT[:, :, :tokens], self.vals, self.col_ptr, self.cols, self.group, self.bias,
+            self.out_features, out=yT,
+        )  # fmt: skip
+        return yT[0].t().contiguous().reshape(*lead, self.out_features)
 
 
 class NativeCsrConv2d(nn.Module):
@@ -151,16 +156,22 @@ class NativeCsrConv2d(nn.Module):
         if unbatched:
             x = x.unsqueeze(0)
         x = x.float()
-        if any(self.pad):
+        left, right, top, bottom = self.pad
+        zero_pad = self.pad_mode == "constant" and left == right and top == bottom
+        if any(self.pad) and not zero_pad:
             x = F.pad(x, self.pad, mode=self.pad_mode)
+        x = x.contiguous()
         n, channels, h, w = x.shape
-        kh, kw = self.kernel_size
-        h_out = (h - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1
-        w_out = (w - self.dilation[1] * (kw - 1) - 1) // self.stride[1] + 1
         if self.pointwise:
-            cols = x.contiguous().reshape(n, channels, h * w)  # (N, C, L): already im2col
+            cols = x.reshape(n, channels, h * w)  # (N, C, L): already im2col
+            h_out, w_out = h, w
         else:
-            cols = F.unfold(x, self.kernel_size, dilation=self.dilation, stride=self.stride)
+            if not zero_pad:
+                left = top = 0  # padded above
+            cols = native.im2col(x, self.kernel_size, self.stride, (top, left), self.dilation)
+            kh, kw = self.kernel_size
+            h_out = (h + 2 * top - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1
+            w_out = (w + 2 * left - self.dilation[1] * (kw - 1) - 1) // self.stride[1] + 1
         y = native.group_cols(
             cols, self.vals, self.col_ptr, self.cols, self.group, self.bias, self.out_channels
         )  # (N, out, L)

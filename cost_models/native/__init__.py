@@ -30,7 +30,9 @@ _P, _I, _L = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
 _SIGNATURES = {
     "sp_bsr_rows": ([_P, _L, _L, _P, _P, _P, _L, _I, _I, _P, _P, _L, _I], ctypes.c_int),
     "sp_group_cols": ([_P, _L, _L, _L, _L, _P, _P, _P, _L, _I, _P, _P, _L, _L, _I], None),
+    "sp_im2col": ([_P, _L, _L, _L, _L, *[_I] * 8, _L, _L, _P, _L, _I], None),
 }
+ALIGN = 16  # floats: rows of xT padded to 64 bytes load whole cache lines
 BSR_ROWS = (8, 16, 24, 32)  # the block heights bsr_rows takes
 
 
@@ -83,6 +85,11 @@ def bsr_rows(
     return y
 
 
+def padded(length: int) -> int:
+    """``length`` rounded up to whole cache lines of floats (the row stride of padded xT)."""
+    return -(-length // ALIGN) * ALIGN
+
+
 def group_cols(
     xT: Tensor,
     vals: Tensor,
@@ -91,23 +98,57 @@ def group_cols(
     group: int,
     bias: Tensor | None,
     out_features: int,
+    *,
+    out: Tensor | None = None,
 ) -> Tensor:
     """yT (B, out, L) = W (out, K) @ xT (B, K, L) + bias[:, None].
 
     Args:
-        xT: (B, K, L) float32 with contiguous rows (each of L positions).
+        xT: (B, K, L) float32 with contiguous rows (each of L positions); rows padded to
+            ``padded(L)`` floats run faster.
         vals: (n_cols * group,) the groups' values, each group laid out (n_cols, group).
         col_ptr: (out / group + 1,) int64 offsets of each group's columns.
         cols: (n_cols,) int32 column indices.
         group: rows per group (1: CSR).
         bias: (out,) or None.
+        out: (B, out, L) with contiguous rows to write into (a new tensor when None).
     """
     nb, _, length = xT.shape
     if xT.stride(2) != 1:
         raise ValueError("xT: rows must be contiguous")
-    y = torch.empty(nb, out_features, length, dtype=torch.float32)
+    y = torch.empty(nb, out_features, length, dtype=torch.float32) if out is None else out
+    if y.shape != (nb, out_features, length) or y.stride(2) != 1:
+        raise ValueError(f"out: expected ({nb}, {out_features}, {length}) with contiguous rows")
     _library().sp_group_cols(
         _ptr(xT), nb, xT.stride(0), xT.stride(1), length, _ptr(vals), _ptr(col_ptr), _ptr(cols),
         col_ptr.numel() - 1, group, _ptr(bias), _ptr(y), y.stride(0), y.stride(1), _threads(),
     )  # fmt: skip
     return y
+
+
+def im2col(
+    x: Tensor,
+    kernel: tuple[int, int],
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+) -> Tensor:
+    """F.unfold's (B, C * kh * kw, Ho * Wo) with zero padding, rows padded to whole lines.
+
+    Args:
+        x: (B, C, H, W) float32, contiguous.
+
+    Returns:
+        a (B, C * kh * kw, Ho * Wo) view of a buffer whose rows are ``padded(Ho * Wo)`` long.
+    """
+    nb, channels, h, w = x.shape
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
+    ho = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    wo = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    length = ho * wo
+    buffer = torch.empty(nb, channels * kh * kw, padded(length), dtype=torch.float32)
+    _library().sp_im2col(
+        _ptr(x), nb, channels, h, w, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo,
+        _ptr(buffer), buffer.shape[2], _threads(),
+    )  # fmt: skip
+    return buffer[:, :, :length]

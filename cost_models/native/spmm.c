@@ -130,6 +130,9 @@ int sp_bsr_rows(const float *x, int64_t ntok, int64_t ldx, const float *vals,
 
 /* ---------------------------------------------------------------- sp_group_cols */
 
+/* columns ahead whose rows are prefetched: the column lists jump around xT */
+#define PREFETCH 8
+
 /* RC rows x 8V positions; w points at the group's values for the first of the RC rows,
  * laid out (n_cols, G). */
 #define COL_TILE(RC, V)                                                                      \
@@ -143,6 +146,10 @@ int sp_bsr_rows(const float *x, int64_t ntok, int64_t ldx, const float *vals,
         }                                                                                    \
         for (int64_t j = 0; j < n; j++) {                                                    \
             const float *xr = xT + (int64_t)cols[j] * ldx;                                   \
+            if (V > 1 && j + PREFETCH < n) {                                                 \
+                const float *next = xT + (int64_t)cols[j + PREFETCH] * ldx;                  \
+                for (int q = 0; q < 8 * V; q += 16) __builtin_prefetch(next + q);            \
+            }                                                                                \
             v8 xv[V];                                                                        \
             for (int v = 0; v < V; v++) xv[v] = ld(xr + 8 * v);                              \
             for (int q = 0; q < RC; q++) {                                                   \
@@ -161,28 +168,34 @@ COL_TILE(2, 1)
 COL_TILE(4, 3)
 COL_TILE(4, 1)
 
-/* positions [p0, L) of RC rows, scalar, for the last L % 8 */
+/* positions [p0, p1) of rc rows, scalar */
 static void col_scalar(const float *xT, int64_t ldx, const float *w, int G, int rc,
                        const int32_t *cols, int64_t n, const float *bias, float *yT,
-                       int64_t ldy, int64_t p0, int64_t L) {
+                       int64_t ldy, int64_t p0, int64_t p1) {
     for (int q = 0; q < rc; q++)
-        for (int64_t p = p0; p < L; p++) {
+        for (int64_t p = p0; p < p1; p++) {
             float acc = bias ? bias[q] : 0.0f;
             for (int64_t j = 0; j < n; j++) acc += w[j * G + q] * xT[(int64_t)cols[j] * ldx + p];
             yT[q * ldy + p] = acc;
         }
 }
 
+/* Positions [p0, p1) of RC rows: tiles of 8V, then of 8, then one tile of 8 ending at p1
+ * that overlaps the last one (the overlapped positions are recomputed to the same values);
+ * scalar only when the span is narrower than 8. */
 #define COL_SPAN(RC, V)                                                                      \
     static void col_span_##RC(const float *xT, int64_t ldx, const float *w, int G,           \
                               const int32_t *cols, int64_t n, const float *bias, float *yT,  \
-                              int64_t ldy, int64_t p0, int64_t p1, int64_t L) {              \
+                              int64_t ldy, int64_t p0, int64_t p1) {                         \
         int64_t p = p0;                                                                      \
         for (; p + 8 * V <= p1; p += 8 * V)                                                  \
             col_tile_##RC##_##V(xT + p, ldx, w, G, cols, n, bias, yT + p, ldy);              \
         for (; p + 8 <= p1; p += 8)                                                          \
             col_tile_##RC##_1(xT + p, ldx, w, G, cols, n, bias, yT + p, ldy);                \
-        if (p < p1) col_scalar(xT, ldx, w, G, RC, cols, n, bias, yT, ldy, p, p1 < L ? p1 : L); \
+        if (p < p1 && p1 - p0 >= 8)                                                          \
+            col_tile_##RC##_1(xT + p1 - 8, ldx, w, G, cols, n, bias, yT + p1 - 8, ldy);      \
+        else if (p < p1)                                                                     \
+            col_scalar(xT, ldx, w, G, RC, cols, n, bias, yT, ldy, p, p1);                    \
     }
 
 COL_SPAN(1, 6)
@@ -192,14 +205,19 @@ COL_SPAN(4, 3)
 /* xT (B, K, L) with sample stride sx and row stride ldx; yT (B, out, L) with sample stride sy
  * and row stride ldy. Groups: group g covers rows [g * G, g * G + G) and columns
  * cols[col_ptr[g] : col_ptr[g + 1]], with values vals[col_ptr[g] * G ...] laid out (n_cols, G).
- * Position chunks of 8 * 24 keep every thread busy on small layers. */
+ * Positions are split into chunks (multiples of 8 wide) only when there are too few groups
+ * to keep every thread busy. */
 void sp_group_cols(const float *xT, int64_t nb, int64_t sx, int64_t ldx, int64_t L,
                    const float *vals, const int64_t *col_ptr, const int32_t *cols,
                    int64_t ngroups, int G, const float *bias, float *yT, int64_t sy,
                    int64_t ldy, int nt) {
-    int64_t chunk = 192;
-    int64_t nchunks = (L + chunk - 1) / chunk;
-    int64_t work = nb * ngroups * nchunks;
+    if (L < 1 || nb < 1 || ngroups < 1) return;
+    int64_t items = nb * ngroups, nchunks = 1;
+    while (items * nchunks < 8 * (int64_t)nt && L / (nchunks * 2) >= 48) nchunks *= 2;
+    int64_t chunk = (L + nchunks - 1) / nchunks;
+    chunk = (chunk + 7) / 8 * 8;
+    nchunks = (L + chunk - 1) / chunk;
+    int64_t work = items * nchunks;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nt) if (nt > 1)
     for (int64_t i = 0; i < work; i++) {
         int64_t b = i / (ngroups * nchunks);
@@ -213,17 +231,61 @@ void sp_group_cols(const float *xT, int64_t nb, int64_t sx, int64_t ldx, int64_t
         for (; q + 4 <= G; q += 4) {
             float *y = yT + b * sy + (g * G + q) * ldy;
             const float *bq = bias ? bias + g * G + q : 0;
-            col_span_4(x, ldx, gw + q, G, gc, n, bq, y, ldy, p0, p1, L);
+            col_span_4(x, ldx, gw + q, G, gc, n, bq, y, ldy, p0, p1);
         }
         for (; q + 2 <= G; q += 2) {
             float *y = yT + b * sy + (g * G + q) * ldy;
             const float *bq = bias ? bias + g * G + q : 0;
-            col_span_2(x, ldx, gw + q, G, gc, n, bq, y, ldy, p0, p1, L);
+            col_span_2(x, ldx, gw + q, G, gc, n, bq, y, ldy, p0, p1);
         }
         for (; q < G; q++) {
             float *y = yT + b * sy + (g * G + q) * ldy;
             const float *bq = bias ? bias + g * G + q : 0;
-            col_span_1(x, ldx, gw + q, G, gc, n, bq, y, ldy, p0, p1, L);
+            col_span_1(x, ldx, gw + q, G, gc, n, bq, y, ldy, p0, p1);
+        }
+    }
+}
+
+/* ---------------------------------------------------------------- sp_im2col */
+
+/* cols (B, C * kh * kw, ldc) <- the patches of x (B, C, H, W) (contiguous), zero padding ph, pw,
+ * stride sh, sw, dilation dh, dw; the first Ho * Wo entries of each row are written, rows in
+ * (c, i, j) order as F.unfold gives them. */
+void sp_im2col(const float *x, int64_t nb, int64_t C, int64_t H, int64_t W, int kh, int kw,
+               int sh, int sw, int ph, int pw, int dh, int dw, int64_t Ho, int64_t Wo,
+               float *cols, int64_t ldc, int nt) {
+    int64_t rows = C * kh * kw, work = nb * rows;
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1 && work * Ho * Wo > 32768)
+    for (int64_t item = 0; item < work; item++) {
+        int64_t b = item / rows, k = item % rows;
+        int64_t c = k / (kh * kw);
+        int i = (int)(k / kw % kh), j = (int)(k % kw);
+        const float *xc = x + (b * C + c) * H * W;
+        float *out = cols + item * ldc;
+        for (int64_t oh = 0; oh < Ho; oh++) {
+            int64_t ih = oh * sh - ph + i * dh;
+            float *o = out + oh * Wo;
+            if (ih < 0 || ih >= H) {
+                memset(o, 0, sizeof(float) * Wo);
+                continue;
+            }
+            const float *xr = xc + ih * W;
+            int64_t shift = j * dw - pw;
+            if (sw == 1) {
+                /* iw = ow + shift: zeros, one contiguous run, zeros */
+                int64_t lo = shift < 0 ? -shift : 0;
+                int64_t hi = W - shift < Wo ? W - shift : Wo;
+                if (lo > Wo) lo = Wo;
+                if (hi < lo) hi = lo;
+                memset(o, 0, sizeof(float) * lo);
+                memcpy(o + lo, xr + lo + shift, sizeof(float) * (hi - lo));
+                memset(o + hi, 0, sizeof(float) * (Wo - hi));
+            } else {
+                for (int64_t ow = 0; ow < Wo; ow++) {
+                    int64_t iw = ow * sw + shift;
+                    o[ow] = (iw >= 0 && iw < W) ? xr[iw] : 0.0f;
+                }
+            }
         }
     }
 }

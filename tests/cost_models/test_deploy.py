@@ -122,6 +122,8 @@ def test_native_csr_linear_equals_dense(density: float, block: tuple[int, int]) 
         dict(in_channels=8, out_channels=16, kernel_size=(3, 5), padding=(1, 2), dilation=2),
         dict(in_channels=8, out_channels=16, kernel_size=3, padding=1, padding_mode="reflect"),
         dict(in_channels=3, out_channels=16, kernel_size=7, stride=2, padding=3),
+        dict(in_channels=8, out_channels=16, kernel_size=4, padding="same"),  # uneven padding
+        dict(in_channels=8, out_channels=16, kernel_size=(1, 3), stride=(1, 2)),
     ],
 )
 def test_native_csr_conv_equals_dense(conv: dict) -> None:
