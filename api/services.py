@@ -372,6 +372,7 @@ def make_plan(
         {"name": request.cost_model.name, "params": params},
         request.target,
         structure=request.block_shape,
+        nm=request.nm,
         distribution=request.distribution,
         include=request.include,
         exclude=request.exclude,

@@ -146,6 +146,14 @@ def _block(value: str) -> list[int]:
     return [rows, cols]
 
 
+def _nm(value: str) -> list[int]:
+    try:
+        n, m = (int(v) for v in value.split(":"))
+    except ValueError:
+        raise typer.BadParameter(f"expected N:M such as 2:4, got {value!r}") from None
+    return [n, m]
+
+
 def plan(
     architecture: Annotated[str, typer.Argument(help="e.g. resnet50")],
     source: Annotated[str, typer.Option(help="timm or torchvision")] = "torchvision",
@@ -154,6 +162,9 @@ def plan(
     cost_model: Annotated[str, typer.Option(help="registered cost model")] = "params",
     cost_params: Annotated[str, typer.Option(help="cost model parameters as JSON")] = "{}",
     block: Annotated[str, typer.Option(help="block shape ROWSxCOLS")] = "1x1",
+    nm: Annotated[
+        str | None, typer.Option(help="N:M structure such as 2:4 (the target may be left out)")
+    ] = None,
     distribution: Annotated[str, typer.Option(help="global, uniform or erk")] = "global",
     input_size: Annotated[str, typer.Option(help="C,H,W")] = "3,224,224",
     num_classes: Annotated[int, typer.Option()] = 1000,
@@ -179,6 +190,8 @@ def plan(
         "block_shape": _block(block),
         "distribution": distribution,
     }
+    if nm is not None:
+        body["nm"] = _nm(nm)
     if sparsity is not None:
         body["sparsity"] = sparsity
     if cost_fraction is not None:

@@ -11,7 +11,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
 
@@ -64,7 +71,8 @@ Patterns = list[Annotated[str, Field(max_length=500)]]
 class TargetSpec(_Strict):
     """A budget and how it is spread over layers: shared by jobs and one-shot plans.
 
-    Give ``sparsity`` or ``cost_fraction``, not both.
+    Give ``sparsity`` or ``cost_fraction``, not both; with ``nm`` both may be left out (the
+    masked layers then keep n / m, see ``spartan_core.SparsifierConfig``).
     """
 
     sparsity: Fraction | None = Field(
@@ -77,19 +85,60 @@ class TargetSpec(_Strict):
     block_shape: tuple[
         Annotated[int, Field(ge=1, le=1024)], Annotated[int, Field(ge=1, le=1024)]
     ] = (1, 1)
+    nm: (
+        tuple[
+            Annotated[int, Field(ge=1, le=1024, strict=True)],
+            Annotated[int, Field(ge=2, le=1024, strict=True)],
+        ]
+        | None
+    ) = Field(
+        None,
+        description="N:M structure [n, m]: n of every m consecutive weights along each layer's "
+        "input are kept ([2, 4] runs on NVIDIA sparse tensor cores); block_shape stays [1, 1] "
+        "and the target may be left out (n / m of the masked layers)",
+    )
     include: Patterns = Field(default_factory=list, max_length=1000)
     exclude: Patterns = Field(default_factory=list, max_length=1000)
 
+    @field_validator("nm")
+    @classmethod
+    def _nm_fits(
+        cls, value: tuple[int, int] | None, info: ValidationInfo
+    ) -> tuple[int, int] | None:
+        if value is None:
+            return value
+        n, m = value
+        if n >= m:
+            raise ValueError(f"expected [n, m] with 1 <= n < m, such as [2, 4]; got [{n}, {m}]")
+        block = tuple(info.data.get("block_shape", (1, 1)))
+        if block != (1, 1):
+            raise ValueError(
+                f"N:M keeps single weights: nm [{n}, {m}] needs block_shape [1, 1], got "
+                f"block_shape {list(block)}"
+            )
+        if info.data.get("distribution") == "erk":
+            raise ValueError(
+                f"nm [{n}, {m}] keeps n/m of every layer, so distribution 'erk' does not apply; "
+                "use 'global' or 'uniform'"
+            )
+        return value
+
     @model_validator(mode="after")
     def _one_target(self) -> TargetSpec:
-        if (self.sparsity is None) == (self.cost_fraction is None):
+        if self.sparsity is not None and self.cost_fraction is not None:
             raise ValueError("sparsity: give exactly one of sparsity and cost_fraction")
+        if self.sparsity is None and self.cost_fraction is None and self.nm is None:
+            raise ValueError(
+                "sparsity: give exactly one of sparsity and cost_fraction (or nm, with neither)"
+            )
         return self
 
     @property
-    def target(self) -> float:
-        """The kept cost fraction f (1 - sparsity when sparsity was given)."""
-        return 1.0 - self.sparsity if self.sparsity is not None else float(self.cost_fraction)
+    def target(self) -> float | None:
+        """The kept cost fraction f (1 - sparsity when sparsity was given); None only with nm."""
+        if self.sparsity is not None:
+            return 1.0 - self.sparsity
+        return None if self.cost_fraction is None else float(self.cost_fraction)
 
 
 class SparsitySpec(TargetSpec):
@@ -117,6 +166,11 @@ class SparsitySpec(TargetSpec):
     def _schedule_fits(self) -> SparsitySpec:
         if self.warmup_frac + self.finetune_frac >= 1.0:
             raise ValueError("finetune_frac: warmup_frac + finetune_frac must be below 1")
+        if self.nm is not None and self.layer_floor:
+            raise ValueError(
+                f"layer_floor: nm {list(self.nm)} keeps n/m of every layer, so a floor does not "
+                f"apply; got {self.layer_floor}"
+            )
         return self
 
 

@@ -283,6 +283,7 @@ class _Trainer:
             target=sp.target,
             distribution=sp.distribution,
             block_shape=tuple(sp.block_shape),
+            nm=None if sp.nm is None else tuple(sp.nm),
             beta_init=sp.beta_init,
             beta_max=sp.beta_max,
             **({} if sp.layer_floor is None else {"layer_floor": sp.layer_floor}),
@@ -545,6 +546,7 @@ class _Trainer:
             self.cost_model,
             input_size=self.spec.model.input_size,
             block_shape=tuple(sp.block_shape),
+            nm=None if sp.nm is None else tuple(sp.nm),
             masks=masks,
         )
         report_dict = report.to_dict()

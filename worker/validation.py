@@ -3,9 +3,10 @@
 The pydantic schema (``spartan.spec``) already rejects unknown fields and out-of-range values;
 ``validate_spec`` adds what needs more than the schema: does the architecture exist, does the
 cost model exist and accept its parameters, do the layer patterns select anything, do the blocks
-tile the layers, can the target be reached, are paths under the data roots, does a checkpoint
-reference exist. Every error is a ``ValueError`` whose message starts with the dotted field
-path, e.g. ``model.name: unknown torchvision architecture 'resnet1000'; ...``.
+or N:M groups tile the layers, can the target be reached (with N:M: is it the one n / m
+gives), are paths under the data roots, does a checkpoint reference exist. Every error is a
+``ValueError`` whose message starts with the dotted field path, e.g.
+``model.name: unknown torchvision architecture 'resnet1000'; ...``.
 
 The model is built on the meta device, so validating a large architecture allocates nothing.
 """
@@ -138,7 +139,9 @@ def _check_model_and_target(spec: JobSpec, cost_params: dict[str, Any]) -> None:
 
     import cost_models
     from spartan_core.blocks import num_entries
+    from spartan_core.costs import price_targets
     from spartan_core.layers import find_targets
+    from spartan_core.nm import check_nm_tiling
     from worker.models import create_model
 
     with torch.device("meta"):
@@ -159,6 +162,11 @@ def _check_model_and_target(spec: JobSpec, cost_params: dict[str, Any]) -> None:
     except ValueError as exc:
         field = "sparsity.include" if sparsity.include else "sparsity.exclude"
         raise ValueError(f"{field}: {_strip_field(exc)}") from None
+    if sparsity.nm is not None:
+        try:
+            check_nm_tiling(targets, sparsity.nm)
+        except ValueError as exc:
+            raise ValueError(f"sparsity.nm: {_strip_field(exc)}") from None
     try:
         entries = {t.name: num_entries(t, sparsity.block_shape) for t in targets}
     except ValueError as exc:
@@ -168,7 +176,7 @@ def _check_model_and_target(spec: JobSpec, cost_params: dict[str, Any]) -> None:
     except ValueError as exc:
         raise ValueError(_with_prefix(str(exc), "cost_model.params")) from None
     try:
-        costs = cost_model.layer_costs(model, targets, sparsity.block_shape)
+        costs = price_targets(cost_model, model, targets, sparsity.block_shape, sparsity.nm)
     except ValueError as exc:
         raise ValueError(_with_prefix(str(exc), "cost_model.params")) from None
     except NotImplementedError:
@@ -177,7 +185,9 @@ def _check_model_and_target(spec: JobSpec, cost_params: dict[str, Any]) -> None:
         log.info("cost model %r not checked on the meta device", spec.cost_model.name)
         return
     field = "sparsity.sparsity" if sparsity.sparsity is not None else "sparsity.cost_fraction"
-    _check_target(model, targets, costs, entries, cost_model, sparsity.target, field)
+    _check_target(
+        model, targets, costs, entries, cost_model, sparsity.target, field, nm=sparsity.nm
+    )
 
 
 def _check_target(
@@ -186,16 +196,20 @@ def _check_target(
     costs: dict[str, Any],
     entries: dict[str, int],
     cost_model: Any,
-    target: float,
+    target: float | None,
     field: str,
+    *,
+    nm: tuple[int, int] | None = None,
 ) -> None:
     """Can the kept cost fraction ``target`` be reached?
 
     As in ``SparsifierConfig``: the fraction is of the cost of every maskable weight of the
     model; maskable layers left dense by include/exclude count at full cost, so the masked ones
-    must make up the difference, keeping at least one entry.
+    must make up the difference, keeping at least one entry. With N:M the masked layers keep
+    n / m, and a given target must be the whole-model fraction that gives.
     """
     from spartan_core.layers import maskable_targets
+    from spartan_core.nm import nm_target
 
     selected = {t.name for t in targets}
     dense = [t for t in maskable_targets(model) if t.name not in selected]
@@ -210,6 +224,10 @@ def _check_target(
             log.info("not checking the target: %s cannot price the unmasked layers", cost_model)
             return
         dense_cost = sum(dense_costs[t.name].per_entry * t.numel for t in dense)
+    if nm is not None:
+        nm_target(nm, masked_cost, dense_cost, target, field=field)
+        return
+    assert target is not None  # the spec requires one without nm
     budget = target * (masked_cost + dense_cost) - dense_cost
     cheapest = min(costs[n].per_entry for n in entries)
     if budget < cheapest * (1 - 1e-9):

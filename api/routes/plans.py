@@ -33,6 +33,6 @@ def create_plan(
     return PlanPublic(
         model=f"{body.model.source}/{body.model.name}",
         cost_model=body.cost_model.name,
-        target=body.target,
+        target=plan["target"],
         plan=plan,
     )
