@@ -112,6 +112,31 @@ KERNELS: tuple[Kernel, ...] = (
 )
 
 
+def sparse_candidates(
+    module: nn.Module,
+    layout: Layout,
+    device: torch.device,
+    rejected: dict[str, str] | None = None,
+) -> list[tuple[str, nn.Module]]:
+    """Every sparse kernel that can run ``module`` with ``layout`` on ``device``, built there.
+
+    A kernel whose construction fails is left out, with the reason in ``rejected``.
+    """
+    out = []
+    for kernel in KERNELS:
+        if device.type not in kernel.devices or not kernel.applies(
+            module, layout, module.weight.dtype
+        ):
+            continue
+        try:
+            with torch.no_grad():
+                out.append((kernel.name, kernel.build(module, layout).to(device).eval()))
+        except (RuntimeError, ValueError, TypeError, NotImplementedError) as exc:
+            if rejected is not None:
+                rejected[kernel.name] = f"{type(exc).__name__}: {exc}"[:300]
+    return out
+
+
 def kernel_names() -> list[str]:
     """Every kernel deployment can choose, ``dense`` first."""
     return ["dense", *(k.name for k in KERNELS)]
@@ -318,19 +343,15 @@ def _choose(
     times: dict[str, float] = {"dense": dense_ms}
     rejected: dict[str, str] = {}
     built: dict[str, nn.Module] = {}
-    dtype = module.weight.dtype
-    for kernel in KERNELS:
-        if device.type not in kernel.devices or not kernel.applies(module, layout, dtype):
-            continue
+    for kernel_name, candidate in sparse_candidates(module, layout, device, rejected):
         try:
-            candidate = kernel.build(module, layout).to(device).eval()
             if not _close(candidate(x), want):
-                rejected[kernel.name] = "output differs from the dense layer"
+                rejected[kernel_name] = "output differs from the dense layer"
                 continue
-            times[kernel.name] = _time(lambda c=candidate: c(x), device)
-            built[kernel.name] = candidate
+            times[kernel_name] = _time(lambda c=candidate: c(x), device)
+            built[kernel_name] = candidate
         except (RuntimeError, ValueError, TypeError, NotImplementedError) as exc:
-            rejected[kernel.name] = f"{type(exc).__name__}: {exc}"[:300]
+            rejected[kernel_name] = f"{type(exc).__name__}: {exc}"[:300]
     best = min(built, key=times.__getitem__, default=None)
     chosen = best if best is not None and times[best] * min_speedup < dense_ms else "dense"
     row = {

@@ -1,10 +1,16 @@
 """The ``profiled`` cost model: layer latency measured on this device, fitted per layer.
 
 For each masked layer, with the input shape it sees for ``input_size`` (one shape-probing pass)
-and ``batch_size`` samples, the sparse kernel deployment would use (``cost_models.kernels``:
-CSR, or BSR for blocks; im2col for convolutions) is timed at several densities, each a random
-set of exactly ``kept`` blocks. A least-squares line ``latency = a + b * kept_blocks`` is fitted
-per layer; ``b`` is the cost per kept block and ``a`` the fixed cost, in ms. A negative ``a`` is
+and ``batch_size`` samples, the sparse kernels deployment chooses from
+(``cost_models.deploy.sparse_candidates``: our block-sparse and column kernels on CPU, torch's
+CSR/BSR, the CUDA kernels on a GPU) are timed at several densities, each a random set of
+exactly ``kept`` blocks, and the fastest counts, as in deployment. A least-squares line
+``latency = a + b * kept_blocks`` is fitted per layer; ``b`` is the cost per kept block and
+``a`` the fixed cost, in ms. The dense layer's time is measured too: deployment keeps it
+whenever it is faster, so a layer's predicted deployed latency is ``min(a + b * kept,
+dense)``; with the time of everything else in the model (``base_ms``: the dense model's
+forward minus its masked layers), ``model_latency_ms`` predicts the deployed model's
+end-to-end latency, which the cost report puts beside the measured one. A negative ``a`` is
 refitted through the origin, and a ``b <= 0`` (timing noise larger than the kernel's growth) is
 floored at 1e-3 of the mean per-block time, with a warning. Each fit's error (R^2 and RMS
 relative to the mean time) is kept in ``fits``. Layers with the same shape, input and conv
@@ -13,16 +19,19 @@ settings are measured once.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import nn
 
 from cost_models.base import CostModelBase, check_input_size
-from cost_models.kernels import SparseConv2d, SparseLinear, median_ms
+from cost_models.deploy import sparse_candidates
+from cost_models.kernels import median_ms, no_attention_fastpath
+from cost_models.layouts import Layout
 from cost_models.probe import LayerCall, probe
 from cost_models.registry import register
 from spartan_core.blocks import BlockShape, block_grid, expand_block_mask
@@ -44,6 +53,8 @@ class LatencyFit:
         kept_blocks: the kept block counts measured.
         times_ms: the measured median times (ms).
         clamped: whether a or b had to be adjusted to stay a valid cost.
+        dense_ms: the dense layer's time on the same input (ms), when measured.
+        kernels: the fastest sparse kernel at each measured density.
     """
 
     fixed_ms: float
@@ -53,11 +64,19 @@ class LatencyFit:
     kept_blocks: tuple[int, ...]
     times_ms: tuple[float, ...]
     clamped: bool
+    dense_ms: float | None = None
+    kernels: tuple[str, ...] = ()
+
+    def deployed_ms(self, kept: int) -> float:
+        """Predicted deployed latency with ``kept`` blocks: the line, or dense when faster."""
+        line = self.fixed_ms + self.per_block_ms * kept
+        return line if self.dense_ms is None else min(line, self.dense_ms)
 
     def to_dict(self) -> dict[str, object]:
         out = asdict(self)
         out["kept_blocks"] = list(self.kept_blocks)
         out["times_ms"] = list(self.times_ms)
+        out["kernels"] = list(self.kernels)
         out["r2"] = None if math.isnan(self.r2) else self.r2
         return out
 
@@ -139,6 +158,7 @@ class ProfiledCost(CostModelBase):
         self.device = device
         self.seed = int(seed)
         self.fits: dict[str, LatencyFit] = {}
+        self.base_ms: float | None = None  # the model's time outside its masked layers (ms)
         self._cache: dict[tuple, LatencyFit] = {}
 
     def params(self) -> dict[str, object]:
@@ -172,7 +192,35 @@ class ProfiledCost(CostModelBase):
             fit = self._profile(model, t, calls[t.name], block_shape, device)
             self.fits[t.name] = fit
             costs[t.name] = LayerCost(per_entry=fit.per_block_ms, fixed=fit.fixed_ms)
+        self.base_ms = self._base_ms(model, targets, device)
         return costs
+
+    def model_latency_ms(self, kept: Mapping[str, int]) -> float | None:
+        """Predicted end-to-end latency (ms) of the deployed model at ``batch_size``.
+
+        ``base_ms`` plus, per fitted layer, ``min(a + b * kept, dense)`` (deployment keeps the
+        dense kernel where it is faster); a layer missing from ``kept`` counts as dense.
+        None before ``layer_costs`` has measured the model.
+        """
+        if self.base_ms is None:
+            return None
+        layers = math.fsum(
+            fit.deployed_ms(kept[name]) if name in kept else (fit.dense_ms or 0.0)
+            for name, fit in self.fits.items()
+        )
+        return self.base_ms + layers
+
+    def _base_ms(
+        self, model: nn.Module, targets: Sequence[MaskTarget], device: torch.device
+    ) -> float:
+        """The dense model's forward time minus its masked layers' dense times (ms)."""
+        copied = copy.deepcopy(model).to(device).eval()
+        gen = torch.Generator().manual_seed(self.seed)
+        x = torch.randn((self.batch_size, *self.input_size), generator=gen).to(device)
+        with torch.inference_mode(), no_attention_fastpath():
+            whole = median_ms(lambda: copied(x), repeats=self.repeats, warmup=1, device=device)
+        layers = math.fsum(self.fits[t.name].dense_ms or 0.0 for t in targets)
+        return max(whole - layers, 0.0)
 
     def _device(self, model: nn.Module) -> torch.device:
         if self.device is not None:
@@ -207,22 +255,28 @@ class ProfiledCost(CostModelBase):
             for c in calls
         ]
         weight = torch.randn(target.shape, generator=gen)
-        times = []
-        for k in kept:
-            block_mask = torch.zeros(n_blocks)
-            block_mask[torch.randperm(n_blocks, generator=gen)[:k]] = 1.0
-            masked = weight * expand_block_mask(block_mask, weight.shape, block_shape)
-            layer = _sparse_layer(module, target, masked.to(device), block_shape)
 
-            def run(layer: nn.Module = layer) -> None:
+        def run_all(layer: nn.Module) -> float:
+            def run() -> None:
                 for x in inputs:
                     layer(x)
 
-            with torch.inference_mode():
-                times.append(
-                    median_ms(run, repeats=self.repeats, warmup=self.warmup, device=device)
-                )
-        fit = fit_line(kept, times, n_blocks)
+            return median_ms(run, repeats=self.repeats, warmup=self.warmup, device=device)
+
+        with torch.inference_mode():
+            dense_ms = run_all(_plain_layer(module, target, weight.to(device)))
+            times, kernels = [], []
+            for k in kept:
+                block_mask = torch.zeros(n_blocks)
+                block_mask[torch.randperm(n_blocks, generator=gen)[:k]] = 1.0
+                masked = weight * expand_block_mask(block_mask, weight.shape, block_shape)
+                plain = _plain_layer(module, target, masked.to(device))
+                layout = _layout(block_shape, k, n_blocks)
+                timed = {name: run_all(c) for name, c in sparse_candidates(plain, layout, device)}
+                best = min(timed, key=timed.__getitem__, default="dense")
+                times.append(timed.get(best, dense_ms))
+                kernels.append(best)
+        fit = replace(fit_line(kept, times, n_blocks), dense_ms=dense_ms, kernels=tuple(kernels))
         if fit.clamped:
             logger.warning(
                 "profiled: layer %s: fit adjusted to stay a valid cost (a=%.3g ms, b=%.3g ms); "
@@ -255,16 +309,21 @@ def _conv_settings(module: nn.Module) -> tuple:
     )
 
 
-def _sparse_layer(
-    module: nn.Module, target: MaskTarget, weight: torch.Tensor, block_shape: BlockShape
-) -> nn.Module:
-    """The deployment kernel of one layer with the given (masked) weight."""
+def _plain_layer(module: nn.Module, target: MaskTarget, weight: torch.Tensor) -> nn.Module:
+    """A Linear / Conv2d shaped like the target's layer holding ``weight`` (eval mode)."""
     if target.kind == "conv2d":
-        conv = conv2d_like(module, device="meta")
-        conv.weight = nn.Parameter(weight, requires_grad=False)
-        if conv.bias is not None:
-            conv.bias = nn.Parameter(torch.zeros(weight.shape[0], device=weight.device))
-        return SparseConv2d(conv, block_shape)
-    bias = torch.zeros(weight.shape[0], device=weight.device)
-    # attention in-projection: one (3E, E) matmul over the query tokens
-    return SparseLinear(weight, bias, block_shape)
+        layer = conv2d_like(module, device="meta")
+    else:  # attention in-projection: one (3E, E) matmul over the query tokens
+        layer = nn.Linear(weight.shape[1], weight.shape[0], device="meta")
+    layer.weight = nn.Parameter(weight, requires_grad=False)
+    if layer.bias is not None:
+        layer.bias = nn.Parameter(torch.zeros(weight.shape[0], device=weight.device))
+    return layer.eval()
+
+
+def _layout(block_shape: BlockShape, kept: int, n_blocks: int) -> Layout:
+    """The layout a layer with ``kept`` random r x c blocks has, as deployment reads it."""
+    density = kept / n_blocks
+    if tuple(block_shape) == (1, 1):
+        return Layout("unstructured", (1, 1), None, density, kept)
+    return Layout("blocks", tuple(block_shape), None, density, kept)

@@ -86,3 +86,35 @@ def test_attention_layers_are_profiled() -> None:
 def test_bad_parameters(params: dict, field: str) -> None:
     with pytest.raises(ValueError, match=field):
         cost_models.get("profiled", **params)
+
+
+def test_fits_time_the_deployment_kernels_and_dense(tiny_convnet: nn.Module) -> None:
+    from cost_models.deploy import kernel_names
+
+    cm = cost_models.get("profiled", **FAST)
+    targets = maskable_targets(tiny_convnet)
+    cm.layer_costs(tiny_convnet, targets, (1, 1))
+    for t in targets:
+        fit = cm.fits[t.name]
+        assert fit.dense_ms is not None and fit.dense_ms > 0
+        assert len(fit.kernels) == len(fit.kept_blocks)
+        assert set(fit.kernels) <= set(kernel_names())
+        # deployment keeps dense where it is faster: the prediction never exceeds dense
+        assert fit.deployed_ms(max(fit.kept_blocks)) <= fit.dense_ms
+        assert fit.deployed_ms(0) == pytest.approx(min(fit.fixed_ms, fit.dense_ms))
+
+
+def test_model_latency_adds_the_rest_of_the_model(tiny_convnet: nn.Module) -> None:
+    cm = cost_models.get("profiled", **FAST)
+    assert cm.model_latency_ms({}) is None  # nothing measured yet
+    targets = maskable_targets(tiny_convnet)
+    cm.layer_costs(tiny_convnet, targets, (1, 1))
+    assert cm.base_ms is not None and cm.base_ms >= 0
+    dense = cm.model_latency_ms({})  # every layer dense
+    assert dense == pytest.approx(cm.base_ms + sum(cm.fits[t.name].dense_ms for t in targets))
+    kept = {t.name: 1 for t in targets}
+    sparse = cm.model_latency_ms(kept)
+    assert sparse == pytest.approx(
+        cm.base_ms + sum(cm.fits[t.name].deployed_ms(1) for t in targets)
+    )
+    assert sparse <= dense
