@@ -144,3 +144,12 @@ def test_bad_inputs_name_the_argument(kwargs: dict[str, object], field: str) -> 
     args: dict[str, object] = {"values": torch.rand(2, 4), "n": 2, "beta": 1.0, **kwargs}
     with pytest.raises(ValueError, match=rf"^{field}: "):
         soft_topk_nm(**args)  # type: ignore[arg-type]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu() -> None:
+    values = _values(64, 4, seed=8)
+    cpu = soft_topk_nm(values, 2, 10.0)
+    gpu = soft_topk_nm(values.cuda(), 2, 10.0)
+    assert_close(gpu.mask.cpu(), cpu.mask, atol=1e-9, rtol=0)
+    assert torch.equal(gpu.hard_mask.cpu(), cpu.hard_mask)

@@ -278,3 +278,18 @@ def test_nm_soft_mask_backward_is_straight_through_the_hard_mask() -> None:
     grad = model.parametrizations.weight.original.grad
     assert grad is not None and torch.isfinite(grad).all()
     assert (grad[~layer.hard] != 0).any()  # dropped weights still learn
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_nm_on_cuda_matches_the_pattern(method: str) -> None:
+    model = _cnn().cuda()
+    config = SparsifierConfig(method=method, nm=(2, 4), warmup_frac=0.3)
+    sparsifier = Sparsifier(model, config, total_steps=6)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    batches = [(x.cuda(), y.cuda()) for x, y in _batches(6)]
+    _train(model, sparsifier, optimizer, batches)
+    sparsifier.finalize()
+    for target in sparsifier.targets:
+        kept = _kept_per_group(model.get_submodule(target.module_name).weight.detach(), 4)
+        assert torch.equal(kept, torch.full_like(kept, 2)), target.name
