@@ -26,6 +26,7 @@ from cost_models.plan import Plan, plan
 from cost_models.profiled import ProfiledCost
 from cost_models.registry import available, describe, get, register, resolve
 from cost_models.report import CostReport, cost_report
+from cost_models.sparse_format import load_sparse, read_sparse, save_sparse
 
 __all__ = [
     "CostModelBase",
@@ -44,8 +45,11 @@ __all__ = [
     "describe",
     "entry_budget",
     "get",
+    "load_sparse",
     "plan",
     "predicts_latency",
+    "read_sparse",
     "register",
     "resolve",
+    "save_sparse",
 ]

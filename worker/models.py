@@ -1,10 +1,12 @@
-"""Model sources: build any timm or torchvision classification network by name.
+"""Model sources for jobs: build any timm or torchvision classification network by name.
 
-A registry maps a source name (``timm``, ``torchvision``) to a ``ModelSource``; ``create_model``
-is the factory the worker, the validation and the CLI share. Models are randomly initialised
-(no pretrained download ever); weights come from a user checkpoint through
-``load_checkpoint``, which reads safetensors or, for ``.pt``/``.pth``, ``torch.load`` with
-``weights_only=True`` — user files are never unpickled.
+The builders and the source registry live in ``cost_models.architectures`` (one place, shared
+with ``cost_models.load_sparse`` and ``spartan export``); this module names errors after the
+job spec's ``model`` fields and loads user checkpoints. ``create_model`` is the factory the
+worker, the validation and the CLI share. Models are randomly initialised (no pretrained
+download ever); weights come from a user checkpoint through ``load_checkpoint``, which reads
+safetensors or, for ``.pt``/``.pth``, ``torch.load`` with ``weights_only=True`` — user files
+are never unpickled.
 
 Input channels: timm models take ``in_chans``; for torchvision models with a channel count other
 than 3, the first 3-channel ``Conv2d`` is replaced by one with the requested channels (such a
@@ -14,52 +16,33 @@ Input size: models that need it (ViTs, Swin) are built for the spec's height and
 
 from __future__ import annotations
 
-import difflib
 import logging
 import pickle
-from collections.abc import Callable
-from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from cost_models import architectures
+from cost_models.architectures import ModelSource, register_source, sources
 from spartan.spec import ModelSpec
-from spartan_core.layers import conv2d_like
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth")
 
-
-@dataclass(frozen=True)
-class ModelSource:
-    """A family of architectures that can be built by name.
-
-    Attributes:
-        name: the ``model.source`` value.
-        architectures: returns every buildable architecture name, sorted.
-        build: builds one randomly initialised network ``(name, num_classes, input_size)``.
-    """
-
-    name: str
-    architectures: Callable[[], list[str]]
-    build: Callable[[str, int, tuple[int, int, int]], nn.Module]
-
-
-_SOURCES: dict[str, ModelSource] = {}
-
-
-def register_source(source: ModelSource) -> ModelSource:
-    """Add a model source to the registry (registering is importing)."""
-    _SOURCES[source.name] = source
-    return source
-
-
-def sources() -> list[str]:
-    """Registered model source names."""
-    return sorted(_SOURCES)
+__all__ = [
+    "CHECKPOINT_SUFFIXES",
+    "ModelSource",
+    "check_architecture",
+    "create_model",
+    "get_source",
+    "list_architectures",
+    "load_checkpoint",
+    "read_weights",
+    "register_source",
+    "sources",
+]
 
 
 def get_source(name: str) -> ModelSource:
@@ -68,25 +51,17 @@ def get_source(name: str) -> ModelSource:
     Raises:
         ValueError: naming ``model.source`` and the known sources.
     """
-    if name not in _SOURCES:
-        raise ValueError(f"model.source: unknown source {name!r}; known: {', '.join(sources())}")
-    return _SOURCES[name]
+    return architectures.get_source(name, field="model")
 
 
 def list_architectures(source: str) -> list[str]:
     """Every architecture name a source can build."""
-    return get_source(source).architectures()
+    return architectures.list_architectures(source, field="model")
 
 
 def check_architecture(source: str, name: str) -> None:
     """Raise ValueError (field ``model.name``) unless ``name`` is an architecture of ``source``."""
-    known = list_architectures(source)
-    if name in set(known):
-        return
-    close = difflib.get_close_matches(name, known, n=5, cutoff=0.6)
-    hint = f"; did you mean {', '.join(close)}?" if close else ""
-    listing = ", ".join(known) if len(known) <= 100 else f"{len(known)} names (GET /v1/models)"
-    raise ValueError(f"model.name: unknown {source} architecture {name!r}{hint}; known: {listing}")
+    architectures.check_architecture(source, name, field="model")
 
 
 def create_model(spec: ModelSpec) -> nn.Module:
@@ -97,73 +72,9 @@ def create_model(spec: ModelSpec) -> nn.Module:
     Raises:
         ValueError: naming the field, for an unknown source or architecture.
     """
-    check_architecture(spec.source, spec.name)
-    return get_source(spec.source).build(spec.name, spec.num_classes, spec.input_size)
-
-
-# sources ------------------------------------------------------------------------------------
-@cache
-def _timm_names() -> tuple[str, ...]:
-    import timm
-
-    return tuple(sorted(timm.list_models()))
-
-
-def _build_timm(name: str, num_classes: int, input_size: tuple[int, int, int]) -> nn.Module:
-    import timm
-
-    channels, height, width = input_size
-    kwargs = {"pretrained": False, "num_classes": num_classes, "in_chans": channels}
-    try:
-        # Fixed-resolution models (ViT, Swin, ...) take img_size; convnets reject it.
-        return timm.create_model(name, img_size=(height, width), **kwargs)
-    except TypeError as exc:
-        if "img_size" not in str(exc):
-            raise
-    return timm.create_model(name, **kwargs)
-
-
-@cache
-def _torchvision_names() -> tuple[str, ...]:
-    import torchvision
-
-    return tuple(sorted(torchvision.models.list_models(module=torchvision.models)))
-
-
-def _build_torchvision(name: str, num_classes: int, input_size: tuple[int, int, int]) -> nn.Module:
-    import torchvision
-
-    channels, height, width = input_size
-    builder = torchvision.models.get_model_builder(name)
-    kwargs: dict[str, object] = {"weights": None, "num_classes": num_classes}
-    if name in ("googlenet", "inception_v3"):
-        kwargs.update(aux_logits=False, init_weights=True)  # plain logits, no auxiliary heads
-    if name.startswith("vit_"):
-        if height != width:
-            raise ValueError(f"model.input_size: {name} needs a square input, got {input_size}")
-        kwargs["image_size"] = height
-    model = builder(**kwargs)
-    if channels != 3:
-        _adapt_first_conv(model, channels)
-    return model
-
-
-def _adapt_first_conv(model: nn.Module, channels: int) -> None:
-    """Replace the first 3-channel Conv2d with one taking ``channels`` inputs."""
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Conv2d) and module.in_channels == 3:
-            new = conv2d_like(
-                module, in_channels=channels, device=module.weight.device, dtype=module.weight.dtype
-            )
-            parent_name, _, attr = name.rpartition(".")
-            parent = model.get_submodule(parent_name) if parent_name else model
-            setattr(parent, attr, new)
-            return
-    raise ValueError(f"model.input_size: no 3-channel input convolution to adapt to {channels}")
-
-
-register_source(ModelSource("timm", lambda: list(_timm_names()), _build_timm))
-register_source(ModelSource("torchvision", lambda: list(_torchvision_names()), _build_torchvision))
+    return architectures.build_model(
+        spec.source, spec.name, spec.num_classes, spec.input_size, field="model"
+    )
 
 
 # checkpoints --------------------------------------------------------------------------------
