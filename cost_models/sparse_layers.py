@@ -19,6 +19,7 @@ torch's own CSR/BSR modules (MKL on CPU) are in :mod:`cost_models.kernels` (``to
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -197,10 +198,26 @@ class CudaBsrLinear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         lead = x.shape[:-1]
         flat = x.reshape(-1, self.in_features)
-        y = (self.weight @ flat.t()).t()
+        tokens = flat.shape[0]
+        triton_mm = _triton_bsr_dense_mm()
+        if triton_mm is not None:
+            xT = flat.new_zeros(self.in_features, -(-tokens // 16) * 16)  # Triton: N % 16 == 0
+            xT[:, :tokens] = flat.t()
+            y = triton_mm(self.weight, xT)[:, :tokens].t()
+        else:
+            y = (self.weight @ flat.t()).t()
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(*lead, self.out_features)
+
+
+def _triton_bsr_dense_mm() -> Callable[..., Tensor] | None:
+    """torch's Triton BSR x dense kernel where Triton is installed, else None."""
+    try:
+        from torch.sparse._triton_ops import bsr_dense_mm
+    except ImportError:
+        return None
+    return bsr_dense_mm
 
 
 class SemiStructuredLinear(nn.Module):
