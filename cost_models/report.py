@@ -3,9 +3,10 @@
 Kept entries are counted from the effective weights: a block is kept when any of its weights is
 nonzero (for a masked model, ``module.weight`` already is the masked weight), or from explicit
 masks ``{parameter name: mask}``. Latency is predicted from the cost model when it prices time,
-and measured by running a dense copy and a sparse-kernel copy of the model
-(``cost_models.kernels``) on the current device. The JSON schema is documented in
-docs/cost_models.md (``schema_version`` 1).
+and measured by deploying the model (``cost_models.deploy``: the fastest measured kernel per
+layer) on the measuring device: the report's ``deployment`` puts the measured latency beside the
+prediction (``cost_models.measured``), and ``measured_latency`` sums it up. The JSON schema is
+documented in docs/cost_models.md (``schema_version`` 2).
 
 N:M layers (``nm=(n, m)``) count single weights (block shape 1 x 1), priced by
 ``spartan_core.costs.price_targets``; their rows and the report carry ``nm``.
@@ -32,7 +33,13 @@ from cost_models.base import (
     cost_model_params,
     predicts_latency,
 )
-from cost_models.kernels import kernel_block, median_ms, no_attention_fastpath, sparse_model
+from cost_models.deploy import deploy
+from cost_models.measured import (
+    Deployment,
+    MeasuredLatency,
+    deployment_from_dict,
+    deployment_section,
+)
 from cost_models.registry import resolve
 from spartan_core.blocks import (
     BlockShape,
@@ -45,7 +52,7 @@ from spartan_core.costs import CostModel, LayerCost, price_targets
 from spartan_core.layers import MaskTarget, find_targets, get_submodule, maskable_targets
 from spartan_core.nm import NMShape, check_nm_tiling, validate_nm
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 @dataclass
@@ -100,19 +107,6 @@ class Totals:
 
 
 @dataclass
-class MeasuredLatency:
-    """Forward latency of the whole model, dense kernels versus sparse kernels."""
-
-    device: str
-    batch_size: int
-    repeats: int
-    dense_ms: float
-    sparse_ms: float
-    speedup: float | None
-    sparse_kernel: str
-
-
-@dataclass
 class CostReport:
     """A cost report: ``layers`` (one row per masked layer), ``totals`` and measured latency."""
 
@@ -122,6 +116,7 @@ class CostReport:
     layers: list[LayerRow]
     totals: Totals
     measured_latency: MeasuredLatency | None = None
+    deployment: Deployment | None = None
     schema_version: int = SCHEMA_VERSION
     nm: list[int] | None = None
 
@@ -139,6 +134,7 @@ class CostReport:
         if version != SCHEMA_VERSION:
             raise ValueError(f"schema_version: expected {SCHEMA_VERSION}, got {version!r}")
         measured = data.get("measured_latency")
+        deployment = data.get("deployment")
         return cls(
             cost_model=dict(data["cost_model"]),
             input_size=data.get("input_size"),
@@ -146,6 +142,7 @@ class CostReport:
             layers=[LayerRow(**row) for row in data["layers"]],
             totals=Totals(**data["totals"]),
             measured_latency=None if measured is None else MeasuredLatency(**measured),
+            deployment=None if deployment is None else deployment_from_dict(deployment),
             nm=data.get("nm"),
         )
 
@@ -332,8 +329,9 @@ def cost_report(
     latency_repeats: int = 10,
     batch_size: int = 1,
     device: torch.device | str | None = None,
+    deployment: Mapping[str, Any] | None = None,
 ) -> CostReport:
-    """Price every maskable layer of ``model`` and measure dense versus sparse latency.
+    """Price every maskable layer of ``model`` and measure dense versus deployed latency.
 
     Args:
         model: a masked model (parametrized weights, e.g. from the Sparsifier), a finalized one
@@ -350,9 +348,12 @@ def cost_report(
         include: module-name globs of the masked layers (when neither masks nor masking
             parametrizations say which; default all).
         exclude: module-name globs excluded from those.
-        latency_repeats: timed forwards per model (median reported); 0 skips measuring.
-        batch_size: samples per timed forward.
-        device: where to time; default the model's device.
+        latency_repeats: 0 skips measuring; any positive value measures (the deployment
+            sizes its own repeats to a time budget per candidate kernel).
+        batch_size: samples per timed forward (a random input of this batch size).
+        device: where to deploy and time; default the model's device.
+        deployment: a ``cost_models.deploy`` report (``deploy_report``) measured already, e.g.
+            on a real validation batch: used instead of measuring here.
 
     Every maskable layer gets a row (``masked`` says whether it is masked); kept entries are
     blocks with a nonzero effective weight, or nonzero ``masks`` entries. Masked layers are
@@ -374,7 +375,7 @@ def cost_report(
     ):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"{field}: expected an integer >= {low}, got {value!r}")
-    if latency_repeats and size is None:
+    if latency_repeats and size is None and deployment is None:
         raise ValueError("input_size: needed to measure latency (or pass latency_repeats=0)")
 
     masked = _report_targets(model, masks, include, exclude)
@@ -385,26 +386,26 @@ def cost_report(
         weight = _effective_weight(model, layer.target, layer.block_shape, layer_masks, kept)
         zeros = weight.numel() - int(torch.count_nonzero(weight))
         rows.append(layer_row(cm, layer, int(torch.count_nonzero(kept)), zeros))
-    measured = None
-    if latency_repeats:
+    if deployment is None and latency_repeats:
         assert size is not None
-        measured = measure_latency(
+        deployment = measure_deployment(
             model,
             masked,
             size,
             block_shape=block_shape,
             masks=masks,
-            repeats=latency_repeats,
             batch_size=batch_size,
             device=device,
         )
+    deployed = None if deployment is None else deployment_section(deployment, rows)
     return CostReport(
         cost_model={"name": cm.name, "unit": cm.unit, "params": cost_model_params(cm)},
         input_size=None if size is None else list(size),
         block_shape=list(block_shape),
         layers=rows,
         totals=totals(cm.unit, rows),
-        measured_latency=measured,
+        measured_latency=None if deployed is None else MeasuredLatency.from_deployment(deployed),
+        deployment=deployed,
         nm=None if nm is None else list(validate_nm(nm)),
     )
 
@@ -512,22 +513,21 @@ def _bake_parametrizations(module: nn.Module) -> None:
         setattr(module, name, nn.Parameter(value, requires_grad=False))
 
 
-def measure_latency(
+def measure_deployment(
     model: nn.Module,
     targets: Sequence[MaskTarget],
     input_size: Sequence[int],
     *,
     block_shape: BlockShape = (1, 1),
     masks: Mapping[str, torch.Tensor] | None = None,
-    repeats: int = 10,
     batch_size: int = 1,
     device: torch.device | str | None = None,
-) -> MeasuredLatency:
-    """Median forward latency of a dense copy and a sparse-kernel copy of ``model``.
+) -> dict[str, Any]:
+    """``cost_models.deploy`` of a dense copy of ``model`` on a random input; its report.
 
-    The dense copy keeps the effective weights with dense kernels (the unpruned model costs the
-    same); the sparse copy runs the masked layers with ``cost_models.kernels``. Both in eval
-    mode under ``torch.inference_mode`` on a random (batch_size, *input_size) input.
+    The copy keeps the effective weights (masks baked in, explicit ``masks`` applied), so the
+    dense side costs what the unpruned model costs and the deployed side runs the kernels
+    deployment picks; a random (batch_size, *input_size) input in the model's float dtype.
     """
     if device is None:
         param = next(model.parameters(), None)
@@ -540,21 +540,6 @@ def measure_latency(
                 weight = getattr(get_submodule(dense, t.module_name), t.param_name)
                 keep = _block_mask(dense, t, block_shape, masks)
                 weight.mul_(expand_block_mask(keep.to(device), weight.shape, block_shape))
-    sparse = sparse_model(dense, targets, block_shape).eval()
     dtype = next((p.dtype for p in dense.parameters() if p.is_floating_point()), torch.float32)
     x = torch.randn((batch_size, *input_size), device=device, dtype=dtype)
-    with torch.inference_mode():
-        dense_ms = median_ms(lambda: dense(x), repeats=repeats, device=device)
-        with no_attention_fastpath():
-            sparse_ms = median_ms(lambda: sparse(x), repeats=repeats, device=device)
-    block = kernel_block(block_shape)
-    kernel = "csr" if block == (1, 1) else f"bsr {block[0]}x{block[1]}"
-    return MeasuredLatency(
-        device=str(device),
-        batch_size=batch_size,
-        repeats=repeats,
-        dense_ms=dense_ms,
-        sparse_ms=sparse_ms,
-        speedup=dense_ms / sparse_ms if sparse_ms > 0 else None,
-        sparse_kernel=kernel,
-    )
+    return deploy(dense, x, device=device).deploy_report

@@ -148,13 +148,17 @@ def test_json_csv_and_latency(tiny_convnet: nn.Module) -> None:
     cost_models.plan(tiny_convnet, cm, 0.5).apply(tiny_convnet)
     report = cost_models.cost_report(tiny_convnet, cm, INPUT_SIZE, latency_repeats=2, batch_size=3)
     data = json.loads(report.to_json())
-    assert data["schema_version"] == 1
+    assert data["schema_version"] == 2
     assert data["cost_model"]["name"] == "latency_table" and data["totals"]["unit"] == "us"
     assert CostReport.from_dict(data) == report
-    measured = data["measured_latency"]
-    assert measured["batch_size"] == 3 and measured["repeats"] == 2 and measured["device"] == "cpu"
+    measured, deployment = data["measured_latency"], data["deployment"]
+    assert measured["batch_size"] == 3 and measured["device"] == "cpu"
     assert measured["dense_ms"] > 0 and measured["sparse_ms"] > 0
-    assert measured["sparse_kernel"] == "csr"
+    assert measured["sparse_kernel"] == "deployed"
+    # one rule: the summary is the deployment's end-to-end measurement
+    assert measured["dense_ms"] == deployment["dense_ms"]
+    assert measured["sparse_ms"] == deployment["deployed_ms"]
+    assert deployment["batch_size"] == 3 and deployment["input_shape"] == [3, *INPUT_SIZE]
     totals = report.totals
     assert totals.predicted_sparse_latency_ms == pytest.approx(
         sum(r.predicted_sparse_latency_ms for r in report.layers)
@@ -176,3 +180,58 @@ def test_transformer_report_with_latency() -> None:
     assert types["self_attn.in_proj_weight"] == "mha_in_proj"
     assert report.totals.dense_cost == 5 * (3 * 16 * 16 + 16 * 16 + 2 * 16 * 32)
     assert report.measured_latency.sparse_ms > 0
+    assert {layer.module for layer in report.deployment.layers} == {"linear1", "linear2"}
+
+
+def _deploy_report(kernel_ms: dict[str, tuple[str, float, float]]) -> dict:
+    """A deploy report with given (kernel, dense_ms, deployed_ms) per layer."""
+    rows = [
+        {"name": name, "type": "Conv2d", "layout": {"kind": "unstructured"}, "kernel": k,
+         "dense_ms": d, "deployed_ms": s, "speedup": d / s}
+        for name, (k, d, s) in kernel_ms.items()
+    ]  # fmt: skip
+    return {
+        "device": "cpu",
+        "threads": 1,
+        "dtype": "float32",
+        "input_shape": [4, *INPUT_SIZE],
+        "batch_size": 4,
+        "layers": rows,
+        "totals": {"dense_ms": 0.5, "deployed_ms": 0.25, "speedup": 2.0, "kernels": {"dense": 3}},
+    }
+
+
+def test_deployment_beside_the_prediction(tiny_convnet: nn.Module) -> None:
+    cm = cost_models.resolve(COST_MODELS["table"])  # microseconds: predicts latency
+    deploy_report = _deploy_report(
+        {
+            "conv1": ("dense", 0.1, 0.1),
+            "conv2": ("native_csr", 0.2, 0.05),
+            "fc": ("dense", 0.01, 0.01),
+        }
+    )
+    report = cost_models.cost_report(tiny_convnet, cm, INPUT_SIZE, deployment=deploy_report)
+    deployment = report.deployment
+    assert deployment.batch_size == 4 and deployment.kernels == {"dense": 3}
+    assert deployment.kernel_choice() == {"conv1": "dense", "conv2": "native_csr", "fc": "dense"}
+    rows = {r.module: r for r in report.layers}
+    for layer in deployment.layers:
+        assert layer.predicted_ms == rows[layer.module].predicted_sparse_latency_ms
+        want = (layer.predicted_ms - layer.deployed_ms) / layer.deployed_ms
+        assert layer.relative_error == pytest.approx(want)
+    assert deployment.predicted_ms == pytest.approx(report.totals.predicted_sparse_latency_ms)
+    assert deployment.relative_error == pytest.approx((deployment.predicted_ms - 0.25) / 0.25)
+    assert deployment.dense_relative_error == pytest.approx(
+        (report.totals.predicted_dense_latency_ms - 0.5) / 0.5
+    )
+    assert report.measured_latency.sparse_ms == 0.25 and report.measured_latency.batch_size == 4
+    assert CostReport.from_dict(json.loads(report.to_json())) == report
+
+
+def test_deployment_without_a_latency_prediction(tiny_convnet: nn.Module) -> None:
+    deploy_report = _deploy_report({"conv1": ("dense", 0.1, 0.1)})
+    report = cost_models.cost_report(tiny_convnet, "params", deployment=deploy_report)
+    assert report.deployment.predicted_ms is None and report.deployment.relative_error is None
+    assert report.deployment.layers[0].relative_error is None
+    with pytest.raises(ValueError, match=r"deployment: expected a cost_models\.deploy report"):
+        cost_models.cost_report(tiny_convnet, "params", deployment={"device": "cpu"})
