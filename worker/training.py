@@ -9,7 +9,9 @@ caller supplies hooks for progress and stop requests. The run:
    rate with linear warm-up then cosine decay, label smoothing, mixed precision on CUDA; the
    Sparsifier is stepped after every optimizer step; after each epoch the masked model is
    evaluated into ``history``;
-4. finalizes (weights baked, masking removed), evaluates the sparse model and writes the
+4. finalizes (weights baked, masking removed), evaluates the sparse model, deploys it on one
+   validation batch (``cost_models.deploy``, phase ``deploying``: the kernel per layer measured
+   on this device, into the cost report and ``model.sparse.safetensors``) and writes the
    artifacts (``worker.artifacts``).
 
 Checkpoints (every ``checkpoint_every_steps`` steps and at each epoch end) hold everything the
@@ -540,6 +542,8 @@ class _Trainer:
         mask_stats = self._mask_stats()
         self.sparsifier.finalize()
         final = self._evaluate()
+        self._emit(self._base_progress("deploying"))
+        deployment = self._deploy()
         sp = self.spec.sparsity
         report = cost_models.cost_report(
             self.model,
@@ -548,6 +552,7 @@ class _Trainer:
             block_shape=tuple(sp.block_shape),
             nm=None if sp.nm is None else tuple(sp.nm),
             masks=masks,
+            deployment=deployment,
         )
         report_dict = report.to_dict()
         metrics = {
@@ -567,11 +572,31 @@ class _Trainer:
             cost_report=report,
             metrics=metrics,
             spec=self._resolved_spec(),
+            deployment=deployment,
         )
         if self.checkpoint_path is not None:
             self.checkpoint_path.unlink(missing_ok=True)
         self._emit({**self._base_progress("done"), **mask_stats})
         return TrainResult(status="succeeded", metrics=metrics, artifacts=paths)
+
+    def _deploy(self) -> dict[str, Any]:
+        """Deploy the final model on one validation batch (the spec's batch size), measured on
+        this device; returns the deploy report."""
+        import cost_models
+
+        images, _ = next(iter(self.val_loader))
+        report = cost_models.deploy(self.model, images.to(self.device)).deploy_report
+        totals = report["totals"]
+        log.info(
+            "deployed on %s at batch %d: %.3f ms dense, %.3f ms deployed (%.2fx), kernels %s",
+            report["device"],
+            report["batch_size"],
+            totals["dense_ms"],
+            totals["deployed_ms"],
+            totals["speedup"] or 0.0,
+            totals["kernels"],
+        )
+        return report
 
     def _resolved_spec(self) -> dict[str, Any]:
         body = self.spec.model_dump(mode="json")

@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import cost_models
 from spartan.settings import Settings
 from spartan_core.layers import maskable_targets
 from worker.artifacts import ARTIFACT_NAMES
@@ -98,6 +99,31 @@ def test_cost_report_and_spec(reference: tuple[TrainResult, Path]) -> None:
     assert spec["sparsity"]["beta_init"] == 10.0
     assert spec["sparsity"]["layer_floor"] == 0.0
     assert spec["training"]["checkpoint_every_steps"] == 3
+
+
+def test_sparse_model_and_deployment(reference: tuple[TrainResult, Path]) -> None:
+    result, out = reference
+    dense = load_file(out / "model.safetensors")
+    model = cost_models.load_sparse(out / "model.sparse.safetensors", apply_deployment=False)
+    assert type(model) is type(create_model(tiny_spec().model))  # built from the metadata
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, dense[key]), key
+    assert (out / "model.sparse.safetensors").stat().st_size < (
+        out / "model.safetensors"
+    ).stat().st_size
+    report = json.loads((out / "cost_report.json").read_text())
+    deployment = report["deployment"]
+    assert report["schema_version"] == 2
+    assert deployment["device"] == "cpu" and deployment["batch_size"] == 128  # a validation batch
+    assert deployment["input_shape"] == [128, 1, 8, 8]
+    assert deployment["dense_ms"] > 0 and deployment["deployed_ms"] > 0
+    assert {layer["module"] for layer in deployment["layers"]} >= {"conv1.0", "fc"}
+    assert report["measured_latency"]["sparse_ms"] == deployment["deployed_ms"]
+    _, metadata = cost_models.read_sparse(out / "model.sparse.safetensors")
+    kernels = {layer["module"]: layer["kernel"] for layer in deployment["layers"]}
+    assert metadata["deployment"]["kernels"] == kernels
+    phases = [p["phase"] for p in result.metrics["_progress"]]  # type: ignore[index]
+    assert phases.index("finalizing") < phases.index("deploying") < phases.index("done")
 
 
 def test_resume_is_bit_identical(tmp_path: Path, reference: tuple[TrainResult, Path]) -> None:
