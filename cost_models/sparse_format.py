@@ -158,7 +158,7 @@ def load_sparse(
         model = build(Architecture.from_dict(metadata["architecture"]))
     elif not isinstance(model, nn.Module):
         raise ValueError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
-    _load_strict(model, state, Path(path).name)
+    load_strict(model, state, Path(path).name)
     model.to(target)
     deployment = metadata.get("deployment")
     if not apply_deployment or not deployment:
@@ -194,6 +194,34 @@ def read_sparse(path: str | os.PathLike[str]) -> tuple[dict[str, Tensor], dict[s
         raise ValueError(f"path: {path.name!r} is not a safetensors file: {exc}") from exc
     metadata = _parse_metadata(raw_meta, path.name)
     return decode_state_dict(tensors, metadata["layers"], path.name), metadata
+
+
+def load_strict(model: nn.Module, state: Mapping[str, Tensor], source: str) -> None:
+    """``model.load_state_dict(state)`` with every key and shape checked first.
+
+    Raises:
+        ValueError: ``model: the weights of {source} do not match the architecture: ...``
+            listing missing and unexpected keys and shape mismatches.
+    """
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [
+        f"{k} (file {list(state[k].shape)}, model {list(own[k].shape)})"
+        for k in sorted(set(own) & set(state))
+        if own[k].shape != state[k].shape
+    ]
+    if missing or unexpected or shapes:
+        problems = []
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("shapes", shapes)):
+            if keys:
+                more = f" (+{len(keys) - 5} more)" if len(keys) > 5 else ""
+                problems.append(f"{label} {', '.join(keys[:5])}{more}")
+        raise ValueError(
+            f"model: the weights of {source!r} do not match the architecture: "
+            + "; ".join(problems)
+        )
+    model.load_state_dict(state, strict=True)
 
 
 def encode_state_dict(model: nn.Module) -> tuple[dict[str, Tensor], dict[str, Any]]:
@@ -450,28 +478,6 @@ def _parse_metadata(raw: Mapping[str, str], source: str) -> dict[str, Any]:
     if not isinstance(out.get("layers"), dict):
         raise ValueError(f"path: {source!r} has no layers metadata")
     return out
-
-
-def _load_strict(model: nn.Module, state: Mapping[str, Tensor], source: str) -> None:
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = [
-        f"{k} (file {list(state[k].shape)}, model {list(own[k].shape)})"
-        for k in sorted(set(own) & set(state))
-        if own[k].shape != state[k].shape
-    ]
-    if missing or unexpected or shapes:
-        problems = []
-        for label, keys in (("missing", missing), ("unexpected", unexpected), ("shapes", shapes)):
-            if keys:
-                more = f" (+{len(keys) - 5} more)" if len(keys) > 5 else ""
-                problems.append(f"{label} {', '.join(keys[:5])}{more}")
-        raise ValueError(
-            f"model: the weights of {source!r} do not match the architecture: "
-            + "; ".join(problems)
-        )
-    model.load_state_dict(state, strict=True)
 
 
 def _write(path: Path, tensors: Mapping[str, Tensor], metadata: dict[str, str]) -> None:

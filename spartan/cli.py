@@ -31,7 +31,7 @@ _register_service_commands()
 
 
 def _register_worker_commands() -> None:
-    # train, worker (worker/cli.py)
+    # train, export, worker (worker/cli.py)
     from worker.cli import register
 
     register(app)

@@ -6,6 +6,9 @@ the same training loop as the worker, a progress bar, checkpoints in ``DIR/check
 For local runs, paths in the spec may also lie under the current folder or the spec's folder,
 besides the configured data roots.
 
+``spartan export ARTIFACT_DIR --out DIR`` deploys a job's artifact folder on this machine
+(``worker.export``): ``model.sparse.safetensors``, ``deploy.json`` and ``model.onnx``.
+
 ``spartan worker`` starts a real Celery worker for the job queues: one job at a time, each in
 a fresh child process.
 """
@@ -139,6 +142,56 @@ def train(
     console.print(f"artifacts in {out}")
 
 
+def export(
+    artifact_dir: Annotated[
+        Path, typer.Argument(help="a job's artifact folder (model.safetensors, spec.json)")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="folder for the exported files")],
+    device: Annotated[
+        str, typer.Option(help="where to deploy and measure: auto, cpu, cuda, cuda:1, ...")
+    ] = "auto",
+    batch_size: Annotated[int, typer.Option(help="samples in the measured input")] = 1,
+) -> None:
+    """Deploy a job's artifacts on this machine: sparse safetensors, deploy.json, ONNX."""
+    from rich.table import Table
+
+    from worker import artifacts as art
+    from worker.export import DEPLOY_REPORT, ONNX_MODEL, export_artifacts
+
+    out_console = Console()
+    try:
+        with console.status(f"deploying {artifact_dir} and exporting to ONNX"):
+            result = export_artifacts(artifact_dir, out, device=device, batch_size=batch_size)
+    except ValueError as exc:
+        console.print(f"[red]cannot export[/red]\n{exc}")
+        raise typer.Exit(code=2) from None
+    except RuntimeError as exc:
+        console.print(f"[red]export failed[/red]\n{exc}")
+        raise typer.Exit(code=1) from None
+    report = result.deploy_report
+    totals = report["totals"]
+    kernels = ", ".join(f"{k} x{n}" for k, n in sorted(totals["kernels"].items()))
+    sizes = {name: path.stat().st_size for name, path in result.files.items()}
+    notes = {
+        art.SPARSE_MODEL: f"{sizes[art.SPARSE_MODEL] / result.dense_bytes:.3f}x the size of "
+        f"{art.MODEL} ({result.dense_bytes / 1e6:.2f} MB)",
+        DEPLOY_REPORT: f"{len(report['layers'])} layers: {kernels}",
+        ONNX_MODEL: f"onnxruntime matches torch (max |diff| {result.onnx_max_abs_diff:.1e})",
+    }
+    table = Table(title=f"exported to {out}")
+    for column, justify in (("file", "left"), ("size", "right"), ("", "left")):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    for name in result.files:
+        table.add_row(name, f"{sizes[name] / 1e6:.2f} MB", notes[name])
+    out_console.print(table)
+    speedup = totals["speedup"]
+    out_console.print(
+        f"deployed on {report['device']} at batch {report['batch_size']}: "
+        f"{totals['dense_ms']:.3f} ms dense -> {totals['deployed_ms']:.3f} ms deployed "
+        f"({'n/a' if speedup is None else f'{speedup:.2f}x'})"
+    )
+
+
 def worker(
     queue: Annotated[
         list[str] | None,
@@ -183,6 +236,7 @@ def _redact(url: str) -> str:
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``train`` and ``worker`` to the ``spartan`` command."""
+    """Add ``train``, ``export`` and ``worker`` to the ``spartan`` command."""
     app.command()(train)
+    app.command()(export)
     app.command()(worker)
