@@ -1,4 +1,7 @@
-"""Sparse inference kernels: what a deployment of a sparse model runs, and how it is timed.
+"""torch's own sparse kernels (CSR / BSR, MKL on CPU) as modules, and how kernels are timed.
+
+These are one candidate of ``cost_models.deploy`` (``torch_sparse``); our own kernels are in
+``cost_models.sparse_layers`` and usually win (benchmarks/inference.py).
 
 A masked Linear or Conv2d becomes a module holding its weight as a compressed sparse matrix,
 CSR for unstructured sparsity and BSR (r x c blocks) for block sparsity, multiplied with
@@ -14,7 +17,7 @@ whose time grows linearly with the number of kept entries:
   directly by ``F.multi_head_attention_forward``, so they are not swapped).
 
 These kernels are measured, not assumed: on CPU, CSR/BSR time is close to a + b * kept, and
-beats the dense kernel only at low density (see benchmarks/cost_models_kernels.py).
+beats the dense kernel only at low density (see benchmarks/inference.py).
 """
 
 from __future__ import annotations
