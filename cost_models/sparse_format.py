@@ -30,7 +30,7 @@ encoding         tensors
                  nonzeros fills its slots with zeros at unused positions
 ===============  ==================================================================
 
-The string metadata (safetensors' header, every value JSON) holds ``format``
+The string metadata (safetensors' header; the last three values JSON) holds ``format``
 (``spartan.sparse``), ``version`` (``1``), ``layers`` (per weight key: ``module``, ``shape``,
 ``dtype``, ``layout`` as ``Layout.to_dict()``, ``encoding``, ``block`` / ``nm`` where they
 apply), and optionally ``architecture`` (``cost_models.architectures.Architecture``:
@@ -440,7 +440,10 @@ def _deployment_record(deployment: Mapping[str, Any]) -> dict[str, Any]:
         kernels = {row["name"]: row["kernel"] for row in deployment.get("layers", [])}
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in kernels.items()):
         raise ValueError("deployment: kernels must map layer names to kernel names")
-    device = torch.device(str(deployment["device"]))
+    try:
+        device = torch.device(str(deployment["device"]))
+    except RuntimeError:
+        raise ValueError(f"deployment.device: unknown device {deployment['device']!r}") from None
     totals = deployment.get("totals") or {}
     record = {
         "device_type": device.type,

@@ -310,6 +310,8 @@ def test_errors_for_bad_metadata_and_arguments(tmp_path: Path) -> None:
         )
     with pytest.raises(ValueError, match=r"^deployment: expected"):
         cost_models.save_sparse(nn.Linear(8, 4), unknown, deployment={"kernels": {}})
+    with pytest.raises(ValueError, match=r"^deployment.device: unknown device 'gpu0'"):
+        cost_models.save_sparse(nn.Linear(8, 4), unknown, deployment={"device": "gpu0"})
     newer = tmp_path / "newer.sparse.safetensors"
     newer.write_bytes(save({"w": torch.zeros(1)}, metadata={"format": FORMAT, "version": "9"}))
     with pytest.raises(ValueError, match=r"^path: 'newer.sparse.safetensors' is .* version '9'"):
