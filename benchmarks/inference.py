@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 import cost_models
-from cost_models.deploy import deploy, sparse_candidates
+from cost_models.deployment import deploy, sparse_candidates
 from cost_models.kernels import median_ms, no_attention_fastpath
 from cost_models.layouts import detect_layout, weight_matrix
 from spartan_core import Sparsifier, SparsifierConfig, find_targets, maskable_targets

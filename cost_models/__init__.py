@@ -17,7 +17,7 @@ Only torch is needed (no service dependencies).
 
 from cost_models import flops, latency_table, memory, params, profiled  # noqa: F401 (registers)
 from cost_models.base import CostModelBase, entry_budget, predicts_latency
-from cost_models.deploy import apply_kernels, deploy, deployed_kernels
+from cost_models.deployment import apply_kernels, deploy, deployed_kernels
 from cost_models.flops import FlopsCost
 from cost_models.latency_table import LatencyTableCost
 from cost_models.memory import MemoryCost

@@ -2,7 +2,7 @@
 
 For each masked layer, with the input shape it sees for ``input_size`` (one shape-probing pass)
 and ``batch_size`` samples, the sparse kernels deployment chooses from
-(``cost_models.deploy.sparse_candidates``: our block-sparse and column kernels on CPU, torch's
+(``cost_models.deployment.sparse_candidates``: our block-sparse and column kernels on CPU, torch's
 CSR/BSR, the CUDA kernels on a GPU) are timed at several densities, each a random set of
 exactly ``kept`` blocks, and the fastest counts, as in deployment. A least-squares line
 ``latency = a + b * kept_blocks`` is fitted per layer; ``b`` is the cost per kept block and
@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from cost_models.base import CostModelBase, check_input_size
-from cost_models.deploy import sparse_candidates
+from cost_models.deployment import sparse_candidates
 from cost_models.kernels import median_ms, no_attention_fastpath
 from cost_models.layouts import Layout
 from cost_models.probe import LayerCall, probe

@@ -33,7 +33,7 @@ from cost_models.base import (
     cost_model_params,
     predicts_latency,
 )
-from cost_models.deploy import deploy
+from cost_models.deployment import deploy
 from cost_models.measured import (
     Deployment,
     MeasuredLatency,

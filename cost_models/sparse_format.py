@@ -57,7 +57,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from cost_models.architectures import Architecture, build
-from cost_models.deploy import apply_kernels
+from cost_models.deployment import apply_kernels
 from cost_models.layouts import Layout, block_mask, detect_layout
 from spartan_core.device import resolve_device
 

@@ -89,7 +89,7 @@ def test_bad_parameters(params: dict, field: str) -> None:
 
 
 def test_fits_time_the_deployment_kernels_and_dense(tiny_convnet: nn.Module) -> None:
-    from cost_models.deploy import kernel_names
+    from cost_models.deployment import kernel_names
 
     cm = cost_models.get("profiled", **FAST)
     targets = maskable_targets(tiny_convnet)

@@ -3,7 +3,6 @@ errors for bad folders, specs and devices."""
 
 from __future__ import annotations
 
-import importlib
 import json
 import shutil
 from collections.abc import Iterator
@@ -16,6 +15,7 @@ import yaml
 from typer.testing import CliRunner
 
 import cost_models
+from cost_models import deployment
 from spartan.cli import app
 from spartan.settings import get_settings
 from worker.export import export_onnx, load_artifacts
@@ -30,8 +30,7 @@ _SHORT_BUDGET_MS = 5.0
 
 
 def _short_deploy_budget(mp: pytest.MonkeyPatch) -> None:
-    # the module, not the function cost_models.deploy that shadows it on the package
-    mp.setattr(importlib.import_module("cost_models.deploy"), "_TIME_BUDGET_MS", _SHORT_BUDGET_MS)
+    mp.setattr(deployment, "TIME_BUDGET_MS", _SHORT_BUDGET_MS)
 
 
 @pytest.fixture(autouse=True)

@@ -47,7 +47,7 @@ from spartan_core.device import resolve_device
 logger = logging.getLogger(__name__)
 
 REPORT_VERSION = 1
-_TIME_BUDGET_MS = 150.0  # per candidate and layer: repeats = budget / one run, within limits
+TIME_BUDGET_MS = 150.0  # default per candidate and layer: repeats = budget / one run, in limits
 _REPEATS = (5, 50)
 
 
@@ -148,6 +148,7 @@ def deploy(
     *,
     device: str | torch.device | None = None,
     min_speedup: float = 1.03,
+    time_budget_ms: float | None = None,
 ) -> nn.Module:
     """A copy of a finalized model running the kernel measured fastest for each layer.
 
@@ -158,6 +159,9 @@ def deploy(
             device of the model's parameters.
         min_speedup: a sparse kernel replaces the dense one only when it is at least this
             many times faster on the layer (timing noise must not pick a slower kernel).
+        time_budget_ms: about how long to time each candidate of each layer (ms; default
+            ``TIME_BUDGET_MS``): repeats are this divided by one run, 5 to 50. Less is quicker
+            and noisier.
 
     Returns:
         the deployed copy in eval mode, with ``deploy_report``: per layer the layout, the
@@ -174,6 +178,9 @@ def deploy(
         raise ValueError(f"example_input: expected a tensor, got {type(example_input).__name__}")
     if not math.isfinite(min_speedup) or min_speedup < 1.0:
         raise ValueError(f"min_speedup: expected a number >= 1, got {min_speedup!r}")
+    budget = TIME_BUDGET_MS if time_budget_ms is None else time_budget_ms
+    if isinstance(budget, bool) or not isinstance(budget, int | float) or not budget > 0:
+        raise ValueError(f"time_budget_ms: expected a positive number, got {time_budget_ms!r}")
     if any(parametrize.is_parametrized(m) for m in model.modules()):
         raise ValueError("model: it still carries masks; call Sparsifier.finalize() first")
     target = _device_of(model) if device is None else resolve_device(device)
@@ -186,12 +193,12 @@ def deploy(
         for name, module in _deployable(dense):
             if name not in inputs:
                 continue
-            row, replacement = _choose(name, module, inputs[name], target, min_speedup)
+            row, replacement = _choose(name, module, inputs[name], target, min_speedup, budget)
             rows.append(row)
             if replacement is not None:
                 _set_submodule(deployed, name, replacement)
-        dense_ms = _time(lambda: dense(x), target)
-        deployed_ms = _time(lambda: deployed(x), target)
+        dense_ms = _time(lambda: dense(x), target, budget)
+        deployed_ms = _time(lambda: deployed(x), target, budget)
     kernels: dict[str, int] = {}
     for row in rows:
         kernels[row["kernel"]] = kernels.get(row["kernel"], 0) + 1
@@ -317,11 +324,11 @@ def _layer_inputs(model: nn.Module, x: Tensor) -> dict[str, Tensor]:
     return inputs
 
 
-def _time(fn: Callable[[], object], device: torch.device) -> float:
+def _time(fn: Callable[[], object], device: torch.device, budget_ms: float) -> float:
     """Median ms of ``fn`` with repeats sized to the time budget."""
     once = median_ms(fn, repeats=1, warmup=1, device=device)
     low, high = _REPEATS
-    repeats = int(min(high, max(low, _TIME_BUDGET_MS / max(once, 1e-3))))
+    repeats = int(min(high, max(low, budget_ms / max(once, 1e-3))))
     return median_ms(fn, repeats=repeats, warmup=1, device=device)
 
 
@@ -334,12 +341,17 @@ def _close(got: Tensor, want: Tensor) -> bool:
 
 
 def _choose(
-    name: str, module: nn.Module, x: Tensor, device: torch.device, min_speedup: float
+    name: str,
+    module: nn.Module,
+    x: Tensor,
+    device: torch.device,
+    min_speedup: float,
+    budget_ms: float,
 ) -> tuple[dict[str, Any], nn.Module | None]:
     """Time the candidates for one layer; returns its report row and the replacement."""
     layout = detect_layout(weight_matrix(module))
     want = module(x)
-    dense_ms = _time(lambda: module(x), device)
+    dense_ms = _time(lambda: module(x), device, budget_ms)
     times: dict[str, float] = {"dense": dense_ms}
     rejected: dict[str, str] = {}
     built: dict[str, nn.Module] = {}
@@ -348,7 +360,7 @@ def _choose(
             if not _close(candidate(x), want):
                 rejected[kernel_name] = "output differs from the dense layer"
                 continue
-            times[kernel_name] = _time(lambda c=candidate: c(x), device)
+            times[kernel_name] = _time(lambda c=candidate: c(x), device, budget_ms)
             built[kernel_name] = candidate
         except (RuntimeError, ValueError, TypeError, NotImplementedError) as exc:
             rejected[kernel_name] = f"{type(exc).__name__}: {exc}"[:300]

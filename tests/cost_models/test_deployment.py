@@ -10,7 +10,7 @@ from torch.testing import assert_close
 
 import cost_models
 from cost_models import native
-from cost_models.deploy import KERNELS, apply_kernels, deploy, deployed_kernels, kernel_names
+from cost_models.deployment import KERNELS, apply_kernels, deploy, deployed_kernels, kernel_names
 from cost_models.layouts import detect_layout, weight_matrix
 from cost_models.sparse_layers import (
     NativeBsrLinear,
@@ -276,6 +276,8 @@ def test_bad_input_is_named() -> None:
         deploy(net, [1, 2, 3])  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="min_speedup"):
         deploy(net, x, min_speedup=0.5)
+    with pytest.raises(ValueError, match="time_budget_ms"):
+        deploy(net, x, time_budget_ms=0)
     from spartan_core import Sparsifier, SparsifierConfig
 
     Sparsifier(net, SparsifierConfig(target=0.5), total_steps=10)
