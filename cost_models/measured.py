@@ -99,12 +99,19 @@ def relative_error(predicted: float | None, measured: float | None) -> float | N
     return (predicted - measured) / measured
 
 
-def deployment_section(deploy_report: Mapping[str, Any], rows: Sequence[_Row]) -> Deployment:
+def deployment_section(
+    deploy_report: Mapping[str, Any],
+    rows: Sequence[_Row],
+    *,
+    model_latency: tuple[float, float] | None = None,
+) -> Deployment:
     """The report's ``deployment`` from a ``cost_models.deploy`` report and the report rows.
 
-    A layer's prediction is the sum of its module's rows (one weight per Linear / Conv2d);
-    the end-to-end prediction sums every row, so it leaves out what the cost model does not
-    price (norms, activations, attention arithmetic).
+    A layer's prediction is the sum of its module's rows (one weight per Linear / Conv2d).
+    The end-to-end prediction is ``model_latency`` (dense, sparse) where the cost model
+    predicts the whole model (``profiled`` measures what it does not mask), else the sum of
+    every row, which leaves out what the cost model does not price (norms, activations,
+    attention arithmetic).
 
     Raises:
         ValueError: for a mapping that is not a deploy report.
@@ -145,7 +152,9 @@ def deployment_section(deploy_report: Mapping[str, Any], rows: Sequence[_Row]) -
         )
     all_predicted = bool(rows) and all(r.predicted_sparse_latency_ms is not None for r in rows)
     dense_pred = sparse_pred = None
-    if all_predicted:
+    if model_latency is not None:
+        dense_pred, sparse_pred = model_latency
+    elif all_predicted:
         dense_pred = math.fsum(r.predicted_dense_latency_ms or 0.0 for r in rows)
         sparse_pred = math.fsum(r.predicted_sparse_latency_ms or 0.0 for r in rows)
     return Deployment(

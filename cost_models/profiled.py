@@ -195,6 +195,11 @@ class ProfiledCost(CostModelBase):
         self.base_ms = self._base_ms(model, targets, device)
         return costs
 
+    def layer_latency_ms(self, name: str, kept: int) -> float | None:
+        """Predicted deployed latency (ms) of a fitted layer with ``kept`` blocks, else None."""
+        fit = self.fits.get(name)
+        return None if fit is None else fit.deployed_ms(kept)
+
     def model_latency_ms(self, kept: Mapping[str, int]) -> float | None:
         """Predicted end-to-end latency (ms) of the deployed model at ``batch_size``.
 

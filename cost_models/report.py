@@ -269,11 +269,24 @@ def layer_row(
         fixed_cost=cost.fixed,
         dense_cost=cost.per_entry * layer.entries,
         sparse_cost=cost.per_entry * kept,
-        predicted_dense_latency_ms=cost_model.latency_ms(cost, layer.entries) if latency else None,
-        predicted_sparse_latency_ms=cost_model.latency_ms(cost, kept) if latency else None,
+        predicted_dense_latency_ms=_latency(cost_model, t.name, cost, layer.entries, latency),
+        predicted_sparse_latency_ms=_latency(cost_model, t.name, cost, kept, latency),
         details=details_of(t.name) if callable(details_of) and layer.masked else None,
         nm=None if layer.nm is None else list(layer.nm),
     )
+
+
+def _latency(
+    cost_model: CostModel, name: str, cost: LayerCost, kept: int, latency: bool
+) -> float | None:
+    """A layer's predicted latency: the cost model's own per-layer prediction where it has one
+    (``profiled``: the fitted line, or dense where that is faster, as deployment chooses), else
+    its cost in ms."""
+    if not latency:
+        return None
+    layer_ms = getattr(cost_model, "layer_latency_ms", None)
+    own = layer_ms(name, kept) if callable(layer_ms) else None
+    return own if own is not None else cost_model.latency_ms(cost, kept)
 
 
 def totals(unit: str, rows: Sequence[LayerRow]) -> Totals:
@@ -397,7 +410,9 @@ def cost_report(
             batch_size=batch_size,
             device=device,
         )
-    deployed = None if deployment is None else deployment_section(deployment, rows)
+    deployed = None
+    if deployment is not None:
+        deployed = deployment_section(deployment, rows, model_latency=_model_latency(cm, rows))
     return CostReport(
         cost_model={"name": cm.name, "unit": cm.unit, "params": cost_model_params(cm)},
         input_size=None if size is None else list(size),
@@ -408,6 +423,17 @@ def cost_report(
         deployment=deployed,
         nm=None if nm is None else list(validate_nm(nm)),
     )
+
+
+def _model_latency(cost_model: CostModel, rows: Sequence[LayerRow]) -> tuple[float, float] | None:
+    """(dense, sparse) end-to-end latency the cost model predicts for the whole model, where it
+    predicts one (``profiled``'s ``model_latency_ms``), else None."""
+    model_ms = getattr(cost_model, "model_latency_ms", None)
+    if not callable(model_ms):
+        return None
+    sparse = model_ms({r.name: r.kept_entries for r in rows if r.masked})
+    dense = model_ms({})
+    return None if sparse is None or dense is None else (dense, sparse)
 
 
 def _report_targets(

@@ -580,11 +580,16 @@ class _Trainer:
         return TrainResult(status="succeeded", metrics=metrics, artifacts=paths)
 
     def _deploy(self) -> dict[str, Any]:
-        """Deploy the final model on one validation batch (the spec's batch size), measured on
-        this device; returns the deploy report."""
+        """Deploy the final model on one validation batch, measured on this device; returns the
+        deploy report. The batch is the spec's, or the cost model's own ``batch_size`` where it
+        predicts latency for one (``profiled``), so prediction and measurement compare."""
         import cost_models
 
         images, _ = next(iter(self.val_loader))
+        batch = getattr(self.cost_model, "batch_size", None)
+        if isinstance(batch, int) and batch > 0:
+            repeats = -(-batch // images.shape[0])
+            images = images.repeat(repeats, *[1] * (images.dim() - 1))[:batch]
         report = cost_models.deploy(self.model, images.to(self.device)).deploy_report
         totals = report["totals"]
         log.info(

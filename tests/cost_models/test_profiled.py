@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
 from torch import nn
 
 import cost_models
@@ -118,3 +119,28 @@ def test_model_latency_adds_the_rest_of_the_model(tiny_convnet: nn.Module) -> No
         cm.base_ms + sum(cm.fits[t.name].deployed_ms(1) for t in targets)
     )
     assert sparse <= dense
+
+
+def test_report_predicts_the_deployed_model_end_to_end(tiny_convnet: nn.Module) -> None:
+    torch.manual_seed(0)
+    cm = cost_models.get("profiled", **FAST)
+    targets = maskable_targets(tiny_convnet)
+    cm.layer_costs(tiny_convnet, targets, (1, 1))
+    with torch.no_grad():
+        for t in targets:
+            weight = tiny_convnet.get_submodule(t.module_name).weight
+            weight.mul_(torch.rand_like(weight) < 0.2)
+    deployed = cost_models.deploy(tiny_convnet.eval(), torch.randn(1, *INPUT_SIZE))
+    report = cost_models.cost_report(
+        tiny_convnet, cm, INPUT_SIZE, deployment=deployed.deploy_report
+    )
+    kept = {row.name: row.kept_entries for row in report.layers if row.masked}
+    section = report.deployment
+    assert section.predicted_ms == pytest.approx(cm.model_latency_ms(kept))
+    assert section.predicted_dense_ms == pytest.approx(cm.model_latency_ms({}))
+    measured = section.deployed_ms
+    assert section.relative_error == pytest.approx((section.predicted_ms - measured) / measured)
+    for row in report.layers:
+        assert row.predicted_sparse_latency_ms == pytest.approx(
+            cm.fits[row.name].deployed_ms(row.kept_entries)
+        )
