@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from cost_models import native
-from cost_models.kernels import median_ms, no_attention_fastpath, sparse_module
+from cost_models.kernels import no_attention_fastpath, sparse_module, timed_ms
 from cost_models.layouts import Layout, detect_layout, weight_matrix
 from cost_models.sparse_layers import (
     CudaBsrLinear,
@@ -325,11 +325,7 @@ def _layer_inputs(model: nn.Module, x: Tensor) -> dict[str, Tensor]:
 
 
 def _time(fn: Callable[[], object], device: torch.device, budget_ms: float) -> float:
-    """Median ms of ``fn`` with repeats sized to the time budget."""
-    once = median_ms(fn, repeats=1, warmup=1, device=device)
-    low, high = _REPEATS
-    repeats = int(min(high, max(low, budget_ms / max(once, 1e-3))))
-    return median_ms(fn, repeats=repeats, warmup=1, device=device)
+    return timed_ms(fn, device=device, budget_ms=budget_ms, repeats=_REPEATS)
 
 
 def _close(got: Tensor, want: Tensor) -> bool:

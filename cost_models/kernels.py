@@ -210,3 +210,21 @@ def median_ms(
         sync()
         times.append(time.perf_counter() - start)
     return statistics.median(times) * 1e3
+
+
+def timed_ms(
+    fn: Callable[[], object],
+    *,
+    device: torch.device | None = None,
+    budget_ms: float = 150.0,
+    repeats: tuple[int, int] = (5, 50),
+) -> float:
+    """Median ms of ``fn`` with as many repeats as fit in ``budget_ms``, within ``repeats``.
+
+    One run after a warm-up sizes the repeats, so quick functions get many (less noise) and
+    slow ones few.
+    """
+    once = median_ms(fn, repeats=1, warmup=1, device=device)
+    low, high = repeats
+    count = int(min(high, max(low, budget_ms / max(once, 1e-3))))
+    return median_ms(fn, repeats=count, warmup=1, device=device)

@@ -30,7 +30,7 @@ from torch import nn
 
 from cost_models.base import CostModelBase, check_input_size
 from cost_models.deployment import sparse_candidates
-from cost_models.kernels import median_ms, no_attention_fastpath
+from cost_models.kernels import median_ms, no_attention_fastpath, timed_ms
 from cost_models.layouts import Layout
 from cost_models.probe import LayerCall, probe
 from cost_models.registry import register
@@ -158,7 +158,7 @@ class ProfiledCost(CostModelBase):
         self.device = device
         self.seed = int(seed)
         self.fits: dict[str, LatencyFit] = {}
-        self.base_ms: float | None = None  # the model's time outside its masked layers (ms)
+        self.whole_ms: float | None = None  # the dense model's forward (ms), once measured
         self._cache: dict[tuple, LatencyFit] = {}
 
     def params(self) -> dict[str, object]:
@@ -192,8 +192,19 @@ class ProfiledCost(CostModelBase):
             fit = self._profile(model, t, calls[t.name], block_shape, device)
             self.fits[t.name] = fit
             costs[t.name] = LayerCost(per_entry=fit.per_block_ms, fixed=fit.fixed_ms)
-        self.base_ms = self._base_ms(model, targets, device)
+        self.whole_ms = self._whole_ms(model, device)
         return costs
+
+    @property
+    def base_ms(self) -> float | None:
+        """The dense model's time outside every fitted layer (ms), once measured.
+
+        Every layer ever priced counts (the Sparsifier also prices the layers it leaves
+        dense), so the split does not depend on which call came last."""
+        if self.whole_ms is None:
+            return None
+        layers = math.fsum(fit.dense_ms or 0.0 for fit in self.fits.values())
+        return max(self.whole_ms - layers, 0.0)
 
     def layer_latency_ms(self, name: str, kept: int) -> float | None:
         """Predicted deployed latency (ms) of a fitted layer with ``kept`` blocks, else None."""
@@ -207,25 +218,22 @@ class ProfiledCost(CostModelBase):
         dense kernel where it is faster); a layer missing from ``kept`` counts as dense.
         None before ``layer_costs`` has measured the model.
         """
-        if self.base_ms is None:
+        base = self.base_ms
+        if base is None:
             return None
         layers = math.fsum(
             fit.deployed_ms(kept[name]) if name in kept else (fit.dense_ms or 0.0)
             for name, fit in self.fits.items()
         )
-        return self.base_ms + layers
+        return base + layers
 
-    def _base_ms(
-        self, model: nn.Module, targets: Sequence[MaskTarget], device: torch.device
-    ) -> float:
-        """The dense model's forward time minus its masked layers' dense times (ms)."""
+    def _whole_ms(self, model: nn.Module, device: torch.device) -> float:
+        """The dense model's forward time at ``batch_size`` on ``device`` (ms)."""
         copied = copy.deepcopy(model).to(device).eval()
         gen = torch.Generator().manual_seed(self.seed)
         x = torch.randn((self.batch_size, *self.input_size), generator=gen).to(device)
         with torch.inference_mode(), no_attention_fastpath():
-            whole = median_ms(lambda: copied(x), repeats=self.repeats, warmup=1, device=device)
-        layers = math.fsum(self.fits[t.name].dense_ms or 0.0 for t in targets)
-        return max(whole - layers, 0.0)
+            return timed_ms(lambda: copied(x), device=device)
 
     def _device(self, model: nn.Module) -> torch.device:
         if self.device is not None:
