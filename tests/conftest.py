@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from spartan.settings import Settings, get_settings
 
@@ -21,3 +22,12 @@ def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settin
     current.ensure_dirs()
     yield current
     get_settings.cache_clear()
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads_restored() -> Iterator[None]:
+    """Give every test the process's thread count back: a test that pins it would otherwise
+    change the float sums of every later in-process run (the resume tests compare bits)."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
