@@ -47,6 +47,10 @@ static inline v8 splat(float s) { return (v8){s, s, s, s, s, s, s, s}; }
         for (int64_t b = b0; b < b1; b++) {                                                  \
             const float *xb = x + (int64_t)cols[b] * c;                                      \
             const float *wb = vals + b * (int64_t)c * (8 * V);                               \
+            if (b + 1 < b1) {                                                                \
+                const float *xn = x + (int64_t)cols[b + 1] * c;                              \
+                for (int t = 0; t < TT; t++) __builtin_prefetch(xn + t * ldx);               \
+            }                                                                                \
             for (int k = 0; k < c; k++) {                                                    \
                 v8 w[V];                                                                     \
                 for (int v = 0; v < V; v++) w[v] = ld(wb + k * 8 * V + 8 * v);               \
@@ -112,7 +116,7 @@ int sp_bsr_rows(const float *x, int64_t ntok, int64_t ldx, const float *vals,
     int64_t work = nrows * nchunks;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nt) if (nt > 1)
     for (int64_t i = 0; i < work; i++) {
-        int64_t row = i / nchunks, t0 = (i % nchunks) * chunk;
+        int64_t row = i % nrows, t0 = (i / nrows) * chunk; /* a chunk of x stays in cache */
         int64_t n = ntok - t0 < chunk ? ntok - t0 : chunk;
         const float *xr = x + t0 * ldx;
         float *yr = y + t0 * ldy + row * r;
