@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import statistics
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -166,7 +167,10 @@ def deploy(
     Returns:
         the deployed copy in eval mode, with ``deploy_report``: per layer the layout, the
         kernel chosen, dense and deployed times and every candidate's time; totals with the
-        end-to-end dense and deployed latency of the whole model on ``example_input``.
+        end-to-end dense and deployed latency of the whole model on ``example_input``. Where
+        the deployed copy is not ``min_speedup`` times faster than dense end to end (the layers'
+        own timings can mislead when the layers are tiny), every layer stays dense and
+        ``totals["fallback"]`` says why; otherwise it is None.
 
     Raises:
         ValueError: for an unknown or absent device, a model still carrying masks, or an
@@ -197,8 +201,15 @@ def deploy(
             rows.append(row)
             if replacement is not None:
                 _set_submodule(deployed, name, replacement)
-        dense_ms = _time(lambda: dense(x), target, budget)
-        deployed_ms = _time(lambda: deployed(x), target, budget)
+        dense_ms, deployed_ms = _end_to_end_ms(dense, deployed, x, target, budget)
+    fallback = None
+    if deployed_ms * min_speedup >= dense_ms and any(r["kernel"] != "dense" for r in rows):
+        fallback = "the deployed model measured no faster than dense end to end"
+        logger.info("deploy: %s (%.3f ms against %.3f); keeping dense", fallback, deployed_ms,
+                    dense_ms)  # fmt: skip
+        deployed, deployed_ms = copy.deepcopy(dense), dense_ms
+        for row in rows:
+            row.update(kernel="dense", deployed_ms=row["dense_ms"], speedup=1.0)
     kernels: dict[str, int] = {}
     for row in rows:
         kernels[row["kernel"]] = kernels.get(row["kernel"], 0) + 1
@@ -220,9 +231,22 @@ def deploy(
             "layers_deployed_ms": layer_deployed,
             "other_ms": max(dense_ms - layer_dense, 0.0),
             "kernels": kernels,
+            "fallback": fallback,
         },
     }
     return deployed
+
+
+def _end_to_end_ms(
+    dense: nn.Module, deployed: nn.Module, x: Tensor, device: torch.device, budget_ms: float
+) -> tuple[float, float]:
+    """Dense and deployed forward times (ms): the median of three alternating rounds, so a
+    burst of load on a shared machine does not decide between them."""
+    rounds = [
+        (_time(lambda: dense(x), device, budget_ms), _time(lambda: deployed(x), device, budget_ms))
+        for _ in range(3)
+    ]
+    return statistics.median(r[0] for r in rounds), statistics.median(r[1] for r in rounds)
 
 
 def apply_kernels(

@@ -9,7 +9,7 @@ from torch import nn
 from torch.testing import assert_close
 
 import cost_models
-from cost_models import native
+from cost_models import deployment, native
 from cost_models.deployment import KERNELS, apply_kernels, deploy, deployed_kernels, kernel_names
 from cost_models.layouts import detect_layout, weight_matrix
 from cost_models.sparse_layers import (
@@ -190,6 +190,7 @@ def test_deploy_keeps_outputs_and_reports_every_layer() -> None:
     totals = report["totals"]
     assert totals["dense_ms"] > 0 and totals["deployed_ms"] > 0
     assert sum(totals["kernels"].values()) == 4
+    assert "fallback" in totals
     assert report["batch_size"] == 4 and report["device"] == "cpu"
     # the model passed in is untouched
     assert all(isinstance(m, nn.Linear | nn.Conv2d) for m in (net.conv, net.fc1, net.fc2))
@@ -218,6 +219,24 @@ def test_a_very_sparse_block_layer_runs_a_sparse_kernel() -> None:
     (row,) = deployed.deploy_report["layers"]
     assert row["kernel"] != "dense"
     assert row["candidates_ms"]["native_bsr"] < row["dense_ms"]
+
+
+def test_a_model_no_faster_end_to_end_stays_dense(monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(12)
+    layer = _linear(768, 768)
+    _prune(layer.weight, 0.05, (16, 16))
+    model, x = nn.Sequential(layer), torch.randn(197, 768)
+    # the layer's own timing picks a sparse kernel; the whole model then measures slower
+    monkeypatch.setattr(deployment, "_end_to_end_ms", lambda *args: (1.0, 1.5))
+    deployed = deploy(model, x)
+    report = deployed.deploy_report
+    assert "no faster than dense" in report["totals"]["fallback"]
+    assert report["totals"]["kernels"] == {"dense": 1}
+    assert report["totals"]["deployed_ms"] == report["totals"]["dense_ms"] == 1.0
+    (row,) = report["layers"]
+    assert row["kernel"] == "dense" and row["candidates_ms"]["native_bsr"] < row["dense_ms"]
+    assert set(deployed_kernels(deployed).values()) == {"dense"}
+    assert_close(deployed(x), model(x))
 
 
 def test_apply_kernels_replays_a_choice() -> None:
