@@ -7,10 +7,11 @@ CSR/BSR, the CUDA kernels on a GPU) are timed at several densities, each a rando
 exactly ``kept`` blocks, and the fastest counts, as in deployment. A least-squares line
 ``latency = a + b * kept_blocks`` is fitted per layer; ``b`` is the cost per kept block and
 ``a`` the fixed cost, in ms. The dense layer's time is measured too: deployment keeps it
-whenever it is faster, so a layer's predicted deployed latency is ``min(a + b * kept,
-dense)``; with the time of everything else in the model (``base_ms``: the dense model's
-forward minus its masked layers), ``model_latency_ms`` predicts the deployed model's
-end-to-end latency, which the cost report puts beside the measured one. A negative ``a`` is
+whenever it is faster, so a layer's predicted deployed latency is the smaller of dense and
+the measured times joined by straight lines (``LatencyFit.deployed_ms``); with the time of
+everything else in the model (``base_ms``: the dense model's forward minus its masked
+layers), ``model_latency_ms`` predicts the deployed model's end-to-end latency, which the
+cost report puts beside the measured one. A negative ``a`` is
 refitted through the origin, and a ``b <= 0`` (timing noise larger than the kernel's growth) is
 floored at 1e-3 of the mean per-block time, with a warning. Each fit's error (R^2 and RMS
 relative to the mean time) is kept in ``fits``. Layers with the same shape, input and conv
@@ -19,6 +20,7 @@ settings are measured once.
 
 from __future__ import annotations
 
+import bisect
 import copy
 import logging
 import math
@@ -68,9 +70,21 @@ class LatencyFit:
     kernels: tuple[str, ...] = ()
 
     def deployed_ms(self, kept: int) -> float:
-        """Predicted deployed latency with ``kept`` blocks: the line, or dense when faster."""
-        line = self.fixed_ms + self.per_block_ms * kept
-        return line if self.dense_ms is None else min(line, self.dense_ms)
+        """Predicted deployed latency with ``kept`` blocks, or dense when that is faster.
+
+        The measured times, joined by straight lines (from ``fixed_ms`` at none kept, and
+        along the fitted slope past the last point): the fitted line prices the budget, but a
+        kernel's time can grow faster than linearly (unstructured convolutions do), and the
+        prediction should pass through what was measured."""
+        points = [(0, self.fixed_ms), *zip(self.kept_blocks, self.times_ms, strict=True)]
+        i = bisect.bisect_right([k for k, _ in points], kept)
+        if i >= len(points):
+            k0, t0 = points[-1]
+            curve = t0 + self.per_block_ms * (kept - k0)
+        else:
+            (k0, t0), (k1, t1) = points[i - 1], points[i]
+            curve = t0 + (t1 - t0) * (kept - k0) / (k1 - k0)
+        return curve if self.dense_ms is None else min(curve, self.dense_ms)
 
     def to_dict(self) -> dict[str, object]:
         out = asdict(self)
@@ -214,7 +228,7 @@ class ProfiledCost(CostModelBase):
     def model_latency_ms(self, kept: Mapping[str, int]) -> float | None:
         """Predicted end-to-end latency (ms) of the deployed model at ``batch_size``.
 
-        ``base_ms`` plus, per fitted layer, ``min(a + b * kept, dense)`` (deployment keeps the
+        ``base_ms`` plus, per fitted layer, ``LatencyFit.deployed_ms`` (deployment keeps the
         dense kernel where it is faster); a layer missing from ``kept`` counts as dense.
         None before ``layer_costs`` has measured the model.
         """

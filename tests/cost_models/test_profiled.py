@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -23,6 +24,23 @@ def test_fit_recovers_an_exact_line() -> None:
     assert fit.r2 == pytest.approx(1.0)
     assert fit.rel_rms == pytest.approx(0.0, abs=1e-12)
     assert not fit.clamped
+
+
+def test_prediction_passes_through_the_measured_times() -> None:
+    # times growing faster than the kept count (an unstructured conv): the clamped line
+    # through the origin misses the small counts; the prediction must not
+    kept, times = [5, 25, 50, 100], [0.23, 0.73, 2.42, 7.85]
+    fit = replace(fit_line(kept, times, n_blocks=100), dense_ms=6.0)
+    assert fit.clamped and fit.fixed_ms == 0.0
+    assert fit.fixed_ms + fit.per_block_ms * 5 > 1.5 * 0.23  # the line alone is far off
+    for k, t in zip(kept[:-1], times[:-1], strict=True):
+        assert fit.deployed_ms(k) == pytest.approx(t)
+    assert fit.deployed_ms(100) == 6.0  # dense is faster there
+    assert fit.deployed_ms(15) == pytest.approx((0.23 + 0.73) / 2)
+    assert fit.deployed_ms(0) == 0.0
+    assert replace(fit, dense_ms=None).deployed_ms(120) == pytest.approx(
+        7.85 + 20 * fit.per_block_ms
+    )
 
 
 def test_fit_keeps_costs_valid() -> None:
@@ -57,9 +75,9 @@ def test_blocks_and_report_details(tiny_convnet: nn.Module) -> None:
     )
     (row,) = [r for r in report.layers if r.masked]
     assert row.details["fit"]["kept_blocks"][-1] == row.entries == (16 // 4) * (72 // 4)
-    assert row.predicted_dense_latency_ms == pytest.approx(
-        row.fixed_cost + row.cost_per_entry * row.entries
-    )
+    fit = cm.fits[row.name]
+    # every block kept: the time measured there, or dense where that is faster
+    assert row.predicted_dense_latency_ms == pytest.approx(min(fit.times_ms[-1], fit.dense_ms))
 
 
 def test_attention_layers_are_profiled() -> None:
