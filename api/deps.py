@@ -1,11 +1,15 @@
 """Dependencies shared by the routes, as ``Annotated`` aliases.
 
 Everything comes from ``app.state`` (set by ``api.main.create_app``), so tests build an app
-with their own settings, store and broker.
+with their own settings, store and broker. ``RuntimeDep`` is the job runtime's services
+(``api.runtime_services``: torch and the model registry), imported by the first request that
+needs them; every other route runs without torch.
 """
 
 from __future__ import annotations
 
+from functools import lru_cache
+from types import ModuleType
 from typing import Annotated
 
 from fastapi import Depends, Path, Request
@@ -14,7 +18,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api import services
 from api.auth import owner_for_token
-from api.broker import Broker
+from spartan.queue import Broker
 from spartan.settings import Settings
 from spartan.store import Job, JobStore
 
@@ -36,6 +40,18 @@ def _broker(request: Request) -> Broker:
 SettingsDep = Annotated[Settings, Depends(_settings)]
 StoreDep = Annotated[JobStore, Depends(_store)]
 BrokerDep = Annotated[Broker, Depends(_broker)]
+
+
+@lru_cache(maxsize=1)
+def runtime_services() -> ModuleType:
+    """``api.runtime_services``, imported once, on first use."""
+    # Deferred on purpose: it imports torch, which health checks, lists and polls never need.
+    from api import runtime_services as module
+
+    return module
+
+
+RuntimeDep = Annotated[ModuleType, Depends(runtime_services)]
 
 
 async def _owner(

@@ -2,14 +2,13 @@
 
 Every error body has the shape ``{"detail": [{"loc": [...], "msg": "...", "type": "..."}]}``:
 ``loc`` names the offending field (``["body", "sparsity", "sparsity"]``), ``msg`` says why.
-Core code raises ``ValueError("field.path: reason")``; the prefix before the first ``": "``
-becomes ``loc`` when it looks like a dotted field path.
+A ``spartan.errors.FieldError`` carries its location in the request body (400; 404 for an
+``UnknownReference``); any other ``ValueError`` is a 400 about the body as a whole.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,9 +18,9 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-log = logging.getLogger(__name__)
+from spartan.errors import FieldError, UnknownReference
 
-_FIELD_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_\[\]]+)*$")
+log = logging.getLogger(__name__)
 
 
 class ApiError(Exception):
@@ -58,16 +57,8 @@ def not_found(what: str, loc: Sequence[str | int]) -> ApiError:
 
 
 def error_body(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """The JSON body of an error answer."""
     return {"detail": items}
-
-
-def value_error_item(exc: ValueError, *, prefix: Sequence[str | int] = ("body",)) -> dict[str, Any]:
-    """Turn ``ValueError("a.b: reason")`` into ``{"loc": [*prefix, "a", "b"], "msg": ...}``."""
-    text = str(exc) or type(exc).__name__
-    field, sep, reason = text.partition(": ")
-    if sep and _FIELD_PATH.match(field):
-        return {"loc": [*prefix, *field.split(".")], "msg": reason, "type": "value_error"}
-    return {"loc": list(prefix), "msg": text, "type": "value_error"}
 
 
 def _validation_items(errors: Sequence[Any], *, prefix: Sequence[str | int] = ()) -> list[dict]:
@@ -99,10 +90,23 @@ async def _pydantic_validation(_request: Request, exc: Exception) -> JSONRespons
     return JSONResponse(error_body(_validation_items(exc.errors(), prefix=("body",))), 422)
 
 
+async def _field_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, FieldError)
+    log.info("bad request %s %s: %s", request.method, request.url.path, exc)
+    missing = isinstance(exc, UnknownReference)
+    item = {
+        "loc": ["body", *exc.loc],
+        "msg": exc.msg,
+        "type": "not_found" if missing else "value_error",
+    }
+    return JSONResponse(error_body([item]), status_code=404 if missing else 400)
+
+
 async def _value_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ValueError)
     log.info("bad request %s %s: %s", request.method, request.url.path, exc)
-    return JSONResponse(error_body([value_error_item(exc)]), status_code=400)
+    item = {"loc": ["body"], "msg": str(exc) or type(exc).__name__, "type": "value_error"}
+    return JSONResponse(error_body([item]), status_code=400)
 
 
 async def _http_exception(_request: Request, exc: Exception) -> JSONResponse:
@@ -120,5 +124,6 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(RequestValidationError, _request_validation)
     app.add_exception_handler(ValidationError, _pydantic_validation)
+    app.add_exception_handler(FieldError, _field_error)
     app.add_exception_handler(ValueError, _value_error)
     app.add_exception_handler(StarletteHTTPException, _http_exception)

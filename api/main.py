@@ -15,25 +15,22 @@ from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 
 from api import errors, services
-from api.broker import Broker, CeleryBroker
 from api.limits import BodyLimitMiddleware
 from api.metrics import Metrics, MetricsMiddleware
 from api.routes import artifacts, catalog, health, jobs, plans, uploads
+from spartan.queue import Broker, CeleryBroker
 from spartan.settings import Settings, get_settings
 from spartan.store import get_store
 
 log = logging.getLogger(__name__)
 
 
-def create_app(
-    settings: Settings | None = None, *, broker: Broker | None = None, requeue_on_start: bool = True
-) -> FastAPI:
-    """Build the service.
+def create_app(settings: Settings | None = None, *, broker: Broker | None = None) -> FastAPI:
+    """Build the service; at startup it re-sends queued jobs whose message may be lost.
 
     Args:
         settings: defaults to ``get_settings()``.
-        broker: defaults to the Celery app of ``worker.celery_app`` for these settings.
-        requeue_on_start: re-send queued jobs whose broker message may be lost, at startup.
+        broker: defaults to Celery over the broker of these settings (``spartan.queue``).
     """
     settings = settings or get_settings()
     settings.ensure_dirs()
@@ -68,10 +65,9 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        if requeue_on_start:
-            await run_in_threadpool(
-                services.requeue_lost, store=store, broker=broker, settings=settings
-            )
+        await run_in_threadpool(
+            services.requeue_lost, store=store, broker=broker, settings=settings
+        )
         resender = None
         if settings.resend_interval_s > 0:
             resender = asyncio.get_running_loop().create_task(_resend_periodically())

@@ -1,7 +1,8 @@
 """What the routes do, as plain keyword-only functions over the store, the broker and settings.
 
 Routes parse and map errors; everything with a decision in it lives here, so the CLI, tests
-and the routes share one implementation.
+and the routes share one implementation. Nothing here needs torch: what does (validation
+against the model registry, plans, the catalogs) is in ``api.runtime_services``.
 """
 
 from __future__ import annotations
@@ -13,58 +14,31 @@ import math
 import os
 import re
 import tempfile
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
-from kombu.exceptions import OperationalError as KombuOperationalError
-
-from api.broker import Broker
 from api.errors import ApiError, not_found
-from api.schemas import PlanCreate
+from spartan.queue import BROKER_DOWN, Broker, send_job
+from spartan.resolve import artifact_dir
 from spartan.settings import Settings
-from spartan.spec import JobSpec, check_paths, resolve_data_path
+from spartan.spec import JobSpec
 from spartan.store import Job, JobStore, Upload
 
 log = logging.getLogger(__name__)
-
-# Errors that mean "the broker is unreachable right now", not "the request is wrong".
-BROKER_DOWN: tuple[type[BaseException], ...] = (KombuOperationalError, ConnectionError, OSError)
 
 _ARTIFACT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$")
 
 
 # jobs -----------------------------------------------------------------------------------------
-def validate_job(
-    spec: JobSpec, *, settings: Settings, store: JobStore, owner: str, loc_prefix: str = ""
-) -> None:
-    """Every check a spec needs beyond its schema; ValueError/ApiError name the field.
-
-    Paths must lie under the data roots, an upload id must be the owner's, and the worker's
-    ``validate_spec`` checks architectures, cost models and reachable targets.
-    """
-    check_paths(spec, settings.data_roots)
-    check_checkpoint(spec.model.checkpoint, store=store, owner=owner, loc=("body", "model"))
-    from worker.validation import validate_spec
-
-    validate_spec(spec, settings, owner=owner)
-
-
-def check_checkpoint(
-    ref: str | None, *, store: JobStore, owner: str, loc: tuple[str, ...]
-) -> Upload | None:
-    """The upload a ``checkpoint`` reference names, if it is an upload id (404 otherwise)."""
-    if ref is None or not ref.startswith("upl_"):
-        return None
-    upload = store.get_upload(upload_id=ref, owner=owner)
-    if upload is None:
-        raise not_found("upload", [*loc, "checkpoint"])
-    return upload
+SpecCheck = Callable[[JobSpec], None]
 
 
 def submit_job(
     spec: JobSpec,
     *,
+    validate: SpecCheck,
     settings: Settings,
     store: JobStore,
     broker: Broker,
@@ -73,13 +47,17 @@ def submit_job(
 ) -> tuple[Job, bool]:
     """Validate, store (status queued), then enqueue; returns (job, created).
 
+    Args:
+        validate: the checks beyond the schema (``api.runtime_services.validate_job`` for
+            this owner); raises ``FieldError`` naming the field.
+
     The job is committed before its message is sent, so a worker never sees an id the store
     does not know. If the broker is down the job stays queued with no enqueue time and is
     re-sent within ``settings.resend_interval_s`` (``resend_unsent``) or when the service
     starts next (``requeue_lost``). A repeated idempotency key returns
     the first job; reusing a key with a different body is a 409.
     """
-    validate_job(spec, settings=settings, store=store, owner=owner)
+    validate(spec)
     body = spec.model_dump(mode="json")
     job, created = store.create_job(owner=owner, spec=body, idempotency_key=idempotency_key)
     if not created:
@@ -92,11 +70,9 @@ def submit_job(
             )
         return job, False
     try:
-        broker.enqueue(job.id, queue=spec.resources.queue)
+        send_job(job, store=store, broker=broker, settings=settings)
     except BROKER_DOWN as exc:
         log.warning("job %s stored but not enqueued (broker unreachable: %s)", job.id, exc)
-    else:
-        store.mark_enqueued(job_id=job.id)
     return job, True
 
 
@@ -113,13 +89,11 @@ def requeue_lost(
         older_than = datetime.now(UTC) - timedelta(seconds=settings.requeue_after_s)
     sent = []
     for job in store.stale_queued(older_than=older_than):
-        queue = job.spec.get("resources", {}).get("queue", settings.default_queue)
         try:
-            broker.enqueue(job.id, queue=queue)
+            send_job(job, store=store, broker=broker, settings=settings)
         except BROKER_DOWN as exc:
             log.warning("could not re-enqueue job %s: %s", job.id, exc)
             break
-        store.mark_enqueued(job_id=job.id)
         sent.append(job.id)
     if sent:
         log.info("re-enqueued %d queued job(s): %s", len(sent), ", ".join(sent))
@@ -175,11 +149,6 @@ def count_by_status(store: JobStore) -> dict[str, int]:
 
 
 # artifacts ------------------------------------------------------------------------------------
-def job_artifact_dir(settings: Settings, job_id: str) -> Path:
-    assert settings.artifact_dir is not None
-    return settings.artifact_dir / job_id
-
-
 def check_artifact_name(name: str) -> str:
     """A bare file name: no separators, no ``..``, no leading dot (400 otherwise)."""
     if "/" in name or "\\" in name or ".." in name or "\x00" in name:
@@ -195,7 +164,7 @@ def check_artifact_name(name: str) -> str:
 
 def list_artifacts(settings: Settings, job_id: str) -> list[tuple[str, int]]:
     """(name, size) of each regular file in the job's artifact folder, sorted by name."""
-    folder = job_artifact_dir(settings, job_id)
+    folder = artifact_dir(settings, job_id)
     if not folder.is_dir():
         return []
     return sorted(
@@ -208,7 +177,7 @@ def list_artifacts(settings: Settings, job_id: str) -> list[tuple[str, int]]:
 def artifact_path(settings: Settings, job_id: str, name: str) -> Path:
     """The file behind an artifact name (400 for bad names, 404 when absent)."""
     check_artifact_name(name)
-    folder = job_artifact_dir(settings, job_id).resolve()
+    folder = artifact_dir(settings, job_id).resolve()
     path = (folder / name).resolve()
     if path.parent != folder or not path.is_file():
         raise not_found("artifact", ["path", "name"])
@@ -332,50 +301,3 @@ def store_upload(
         sha256=digest.hexdigest(),
         num_tensors=num_tensors,
     )
-
-
-# plans ----------------------------------------------------------------------------------------
-def make_plan(
-    request: PlanCreate, *, settings: Settings, store: JobStore, owner: str
-) -> dict[str, Any]:
-    """The one-shot plan of ``cost_models.plan`` for the requested model and target.
-
-    Weights are the architecture's random initialisation, or the checkpoint (an upload id of
-    this owner, or a .safetensors path under a data root).
-    """
-    import torch
-
-    import cost_models
-    from worker import models
-
-    spec = request.model
-    upload = check_checkpoint(spec.checkpoint, store=store, owner=owner, loc=("body", "model"))
-    ckpt_path: Path | None = Path(upload.path) if upload is not None else None
-    if spec.checkpoint is not None and upload is None:
-        try:
-            ckpt_path = resolve_data_path(spec.checkpoint, settings.data_roots)
-        except ValueError as exc:
-            raise ValueError(f"model.checkpoint: {exc}") from None
-    params = dict(request.cost_model.params)
-    if isinstance(params.get("table"), str):  # a latency table file must lie under a data root
-        try:
-            params["table"] = str(resolve_data_path(params["table"], settings.data_roots))
-        except ValueError as exc:
-            raise ValueError(f"cost_model.params.table: {exc}") from None
-    torch.manual_seed(0)
-    model = models.create_model(spec)
-    if ckpt_path is not None:
-        models.load_checkpoint(model, ckpt_path)
-    model.eval()
-    result = cost_models.plan(
-        model,
-        {"name": request.cost_model.name, "params": params},
-        request.target,
-        structure=request.block_shape,
-        nm=request.nm,
-        distribution=request.distribution,
-        include=request.include,
-        exclude=request.exclude,
-        input_size=spec.input_size,
-    )
-    return result.to_dict()

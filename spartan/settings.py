@@ -23,7 +23,6 @@ class Settings(BaseSettings):
     home: Path = Field(default_factory=lambda: Path.home() / ".spartan")
     database_url: str = ""  # default: sqlite:///{home}/spartan.db
     broker_url: str = ""  # default: sqla+sqlite:///{home}/broker.db
-    result_backend: str = ""  # default: db+sqlite:///{home}/results.db
     artifact_dir: Path | None = None  # default: {home}/artifacts
     upload_dir: Path | None = None  # default: {home}/uploads
     checkpoint_dir: Path | None = None  # default: {home}/checkpoints
@@ -54,8 +53,6 @@ class Settings(BaseSettings):
             self.database_url = f"sqlite:///{self.home / 'spartan.db'}"
         if not self.broker_url:
             self.broker_url = f"sqla+sqlite:///{self.home / 'broker.db'}"
-        if not self.result_backend:
-            self.result_backend = f"db+sqlite:///{self.home / 'results.db'}"
         self.artifact_dir = (self.artifact_dir or self.home / "artifacts").expanduser()
         self.upload_dir = (self.upload_dir or self.home / "uploads").expanduser()
         self.checkpoint_dir = (self.checkpoint_dir or self.home / "checkpoints").expanduser()

@@ -3,7 +3,8 @@
 Pydantic only (no torch, FastAPI or Celery), so both sides import it cheaply. Unknown fields
 are errors everywhere: a typo must not silently run a different job. Checks that need torch
 (does the architecture exist, can the target be reached) live beside the model registry in the
-worker package and are called by the API at submission.
+job runtime (``runtime.validation``), which the API calls at submission; what the spec's
+strings name (files, folders, the queue) is resolved by ``spartan.resolve``.
 """
 
 from __future__ import annotations
@@ -11,10 +12,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -235,31 +238,33 @@ class JobSpec(_Strict):
         return self
 
 
-def resolve_data_path(path: str, data_roots: list[Path]) -> Path:
-    """The real path of a user-supplied file or folder, which must lie under a data root.
+def read_spec_file(path: Path) -> dict[str, Any]:
+    """A job specification file (YAML, or JSON) as a mapping, not yet validated.
 
     Raises:
-        ValueError: if it is outside every root or does not exist.
+        ValueError: naming the file, when it cannot be read or is not a mapping.
     """
-    resolved = Path(path).expanduser().resolve()
-    roots = [Path(r).expanduser().resolve() for r in data_roots]
-    if not any(resolved == r or resolved.is_relative_to(r) for r in roots):
-        raise ValueError(f"{path!r} is outside the data roots {[str(r) for r in roots]}")
-    if not resolved.exists():
-        raise ValueError(f"{path!r} does not exist")
-    return resolved
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ValueError(f"{path}: cannot read the job specification: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a job specification is a mapping, got {type(data).__name__}")
+    return data
 
 
-def check_paths(spec: JobSpec, data_roots: list[Path]) -> None:
-    """Check every path in the spec against the data roots (ValueError names the field)."""
-    if spec.data.path is not None:
-        try:
-            resolve_data_path(spec.data.path, data_roots)
-        except ValueError as exc:
-            raise ValueError(f"data.path: {exc}") from None
-    ckpt = spec.model.checkpoint
-    if ckpt is not None and not ckpt.startswith("upl_"):
-        try:
-            resolve_data_path(ckpt, data_roots)
-        except ValueError as exc:
-            raise ValueError(f"model.checkpoint: {exc}") from None
+def load_spec_file(path: Path) -> JobSpec:
+    """Read and validate a job specification file.
+
+    Raises:
+        ValueError: for unreadable files, or one ``field.path: reason`` line per problem.
+    """
+    data = read_spec_file(path)
+    try:
+        return JobSpec.model_validate(data)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"]) or "spec"
+            lines.append(f"{where}: {err['msg']}")
+        raise ValueError("\n".join(lines)) from None

@@ -32,8 +32,11 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
+from spartan.settings import get_settings
+
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
+UPLOAD_PREFIX = "upl"
 
 
 def _now() -> datetime:
@@ -136,6 +139,11 @@ def _job(row: JobRow) -> Job:
 def new_id(prefix: str) -> str:
     """A random, URL-safe identifier such as ``job_3f9c...``."""
     return f"{prefix}_{secrets.token_hex(12)}"
+
+
+def is_upload_id(ref: str) -> bool:
+    """Whether a ``model.checkpoint`` reference is an upload id (else it is a file path)."""
+    return ref.startswith(f"{UPLOAD_PREFIX}_")
 
 
 @lru_cache(maxsize=8)
@@ -256,10 +264,6 @@ class JobStore:
     def update_progress(self, *, job_id: str, progress: dict[str, Any]) -> None:
         self._update(job_id, JobRow.status == "running", progress=progress)
 
-    def requeue(self, *, job_id: str) -> bool:
-        """Put a running job back to queued (preemption); False if it was not running."""
-        return self._update(job_id, JobRow.status == "running", status="queued", worker=None)
-
     def finish(
         self,
         *,
@@ -331,8 +335,8 @@ class JobStore:
     def requeue_preempted(self, *, job_id: str) -> bool:
         """Put a running job back to queued after a clean preemption (checkpoint written).
 
-        Unlike ``requeue``, the delivery that ended cleanly is not counted against
-        ``max_delivery_attempts``. False if the job was not running.
+        The delivery that ended cleanly is not counted against ``max_delivery_attempts``.
+        False if the job was not running.
         """
         return self._update(
             job_id,
@@ -348,7 +352,7 @@ class JobStore:
     ) -> Upload:
         with self.session() as s:
             row = UploadRow(
-                id=new_id("upl"),
+                id=new_id(UPLOAD_PREFIX),
                 owner=owner,
                 filename=filename,
                 path=path,
@@ -388,8 +392,6 @@ class JobStore:
 def get_store(url: str | None = None) -> JobStore:
     """The store at ``url``, or at the configured database URL."""
     if url is None:
-        from spartan.settings import get_settings
-
         url = get_settings().database_url
     return _store(url)
 

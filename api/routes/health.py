@@ -13,7 +13,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from api.deps import BrokerDep, StoreDep
 from api.schemas import HealthPublic, ReadyPublic
-from api.services import BROKER_DOWN
+from spartan.queue import BROKER_DOWN
 
 router = APIRouter(tags=["health"])
 log = logging.getLogger(__name__)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterable
+from functools import partial
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Query, Request, Response
@@ -11,7 +12,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from api import services
-from api.deps import BrokerDep, OwnedJobDep, OwnerDep, SettingsDep, StoreDep
+from api.deps import BrokerDep, OwnedJobDep, OwnerDep, RuntimeDep, SettingsDep, StoreDep
 from api.schemas import ErrorPublic, JobCreated, JobPublic, JobsPublic
 from spartan.spec import JobSpec
 
@@ -39,6 +40,7 @@ def create_job(
     store: StoreDep,
     broker: BrokerDep,
     owner: OwnerDep,
+    runtime: RuntimeDep,
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -52,6 +54,7 @@ def create_job(
     """Submit a training job. It is stored as ``queued``, then handed to a worker."""
     job, created = services.submit_job(
         spec,
+        validate=partial(runtime.validate_job, settings=settings, store=store, owner=owner),
         settings=settings,
         store=store,
         broker=broker,

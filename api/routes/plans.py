@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from api import services
-from api.deps import OwnerDep, SettingsDep, StoreDep
+from api.deps import OwnerDep, RuntimeDep, SettingsDep, StoreDep
 from api.schemas import ErrorPublic, PlanCreate, PlanPublic
 
 router = APIRouter(prefix="/v1/plans", tags=["plans"])
@@ -22,14 +21,18 @@ router = APIRouter(prefix="/v1/plans", tags=["plans"])
     },
 )
 def create_plan(
-    body: PlanCreate, settings: SettingsDep, store: StoreDep, owner: OwnerDep
+    body: PlanCreate,
+    settings: SettingsDep,
+    store: StoreDep,
+    owner: OwnerDep,
+    runtime: RuntimeDep,
 ) -> PlanPublic:
     """Per-layer kept fraction and predicted cost for a model, cost model and target.
 
     Computed from the current weights (random initialisation, or ``model.checkpoint``) by the
     hard top-k of |w| per unit cost; answers in about a second for ResNet-50 on a CPU.
     """
-    plan = services.make_plan(body, settings=settings, store=store, owner=owner)
+    plan = runtime.make_plan(body, settings=settings, store=store, owner=owner)
     return PlanPublic(
         model=f"{body.model.source}/{body.model.name}",
         cost_model=body.cost_model.name,

@@ -10,9 +10,9 @@ from fastapi.testclient import TestClient
 from safetensors.torch import save
 from typer.testing import CliRunner
 
-from api.auth import LOCAL_OWNER, create_api_key, hash_key
 from api.main import create_app
-from spartan.cli import app as cli_app
+from cli.main import app as cli_app
+from spartan.keys import LOCAL_OWNER, create_api_key, hash_key
 from spartan.settings import Settings
 from spartan.store import get_store
 from tests.api.conftest import tiny_spec

@@ -240,3 +240,66 @@ def test_oversized_upload_within_body_limit_is_413(settings: Settings) -> None:
         data = save({"w": torch.zeros(300)})  # ~1.3 kB < 1000 + multipart slack
         r = client.post("/v1/uploads", files={"file": ("w.safetensors", data)})
         assert r.status_code == 413
+
+
+COST_FRACTION = {"sparsity": {"cost_fraction": 0.5}}
+
+
+@pytest.mark.parametrize(
+    ("change", "loc"),
+    [
+        (
+            {"cost_model": {"name": "memory", "params": {"format": "zip"}}, **COST_FRACTION},
+            ["body", "cost_model", "params", "format"],
+        ),
+        (
+            {"cost_model": {"name": "memory", "params": {"dtype_bytes": -1}}, **COST_FRACTION},
+            ["body", "cost_model", "params", "dtype_bytes"],
+        ),
+        (
+            {"cost_model": {"name": "flops", "params": {"colour": 1}}, **COST_FRACTION},
+            ["body", "cost_model", "params", "colour"],
+        ),
+        (
+            {"cost_model": {"name": "latency_table"}, **COST_FRACTION},
+            ["body", "cost_model", "params", "table"],
+        ),
+        (
+            {
+                "cost_model": {"name": "latency_table", "params": {"table": "/etc/t.json"}},
+                **COST_FRACTION,
+            },
+            ["body", "cost_model", "params", "table"],
+        ),
+        (
+            {"sparsity": {"sparsity": 0.9, "block_shape": [5, 5]}},
+            ["body", "sparsity", "block_shape"],
+        ),
+        ({"sparsity": {"sparsity": 0.9, "include": ["nope*"]}}, ["body", "sparsity", "include"]),
+        ({"resources": {"time_limit_s": 40 * 24 * 3600}}, ["body", "resources", "time_limit_s"]),
+    ],
+)
+def test_nested_fields_are_located_exactly(
+    client: TestClient, change: dict[str, Any], loc: list[Any]
+) -> None:
+    r = client.post("/v1/jobs", json=tiny_spec(**change))
+    assert r.status_code in (400, 422), r.text
+    assert _locs(r) == [loc], r.json()
+    assert r.json()["detail"][0]["msg"]
+
+
+def test_plan_errors_are_located_in_the_plan_body(client: TestClient) -> None:
+    model = {"source": "torchvision", "name": "resnet18", "input_size": [3, 32, 32]}
+    cases = [
+        (
+            {"cost_fraction": 0.5, "cost_model": {"name": "memory", "params": {"format": "z"}}},
+            ["body", "cost_model", "params", "format"],
+        ),
+        ({"sparsity": 0.9, "block_shape": [5, 5]}, ["body", "block_shape"]),
+        ({"sparsity": 0.9, "include": ["nope*"]}, ["body", "include"]),
+        ({"sparsity": 0.9, "model": {**model, "name": "resnet1000"}}, ["body", "model", "name"]),
+    ]
+    for body, loc in cases:
+        r = client.post("/v1/plans", json={"model": model, **body})
+        assert r.status_code == 400, r.text
+        assert _locs(r) == [loc], r.json()

@@ -14,8 +14,8 @@ from fastapi.testclient import TestClient
 from safetensors.torch import save
 from typer.testing import CliRunner
 
-from spartan import service_cli
-from spartan.cli import app as cli_app
+from cli import service as service_cli
+from cli.main import app as cli_app
 from spartan.client import SpartanAPIError, SpartanClient, format_detail, parse_sse
 from spartan.settings import Settings
 from spartan.store import get_store

@@ -20,8 +20,8 @@ import torch
 import torchvision
 from safetensors.torch import load_file
 
+from cli.serve import free_port, stop_process, wait_ready
 from spartan.client import SpartanClient
-from spartan.serve import free_port, stop_process, wait_ready
 
 pytestmark = pytest.mark.slow
 
@@ -54,13 +54,12 @@ def live_service(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tup
             pytest.fail("Redis/PostgreSQL not running: run scripts/services.sh first")
         env.update(
             SPARTAN_BROKER_URL=f"{REDIS_URL}/0",
-            SPARTAN_RESULT_BACKEND=f"{REDIS_URL}/1",
             SPARTAN_DATABASE_URL=POSTGRES_URL,
         )
     port = free_port()
     log = (tmp_path / "serve.log").open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "spartan.cli", "serve", "--port", str(port)],
+        [sys.executable, "-m", "cli", "serve", "--port", str(port)],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,

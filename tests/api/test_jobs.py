@@ -216,7 +216,7 @@ def test_a_job_submitted_while_the_broker_is_down_is_sent_when_it_is_back(
 ) -> None:
     settings.resend_interval_s = 0.05
     broker = RecoveringBroker(down=2)  # the submission and the first re-send fail
-    with TestClient(create_app(settings, broker=broker, requeue_on_start=False)) as client:
+    with TestClient(create_app(settings, broker=broker)) as client:
         r = client.post("/v1/jobs", json=tiny_spec())
         assert r.status_code == 201, r.text
         job_id = r.json()["id"]
@@ -232,7 +232,7 @@ def test_a_job_submitted_while_the_broker_is_down_is_sent_when_it_is_back(
 def test_the_resend_loop_can_be_switched_off(settings: Settings) -> None:
     settings.resend_interval_s = 0
     broker = RecoveringBroker(down=1)
-    with TestClient(create_app(settings, broker=broker, requeue_on_start=False)) as client:
+    with TestClient(create_app(settings, broker=broker)) as client:
         assert client.post("/v1/jobs", json=tiny_spec()).status_code == 201
         time.sleep(0.2)
     assert broker.enqueued == []
@@ -242,7 +242,7 @@ def test_submit_with_broker_down_keeps_the_job_for_reenqueue(
     settings: Settings, monkeypatch
 ) -> None:
     settings.broker_url = "redis://127.0.0.1:1/0"  # nothing listens there
-    with TestClient(create_app(settings, requeue_on_start=False)) as client:
+    with TestClient(create_app(settings)) as client:
         r = client.post("/v1/jobs", json=tiny_spec())
         assert r.status_code == 201
         job_id = r.json()["id"]

@@ -9,8 +9,8 @@ import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
-from spartan import service_cli
-from spartan.cli import app as cli_app
+from cli import service as service_cli
+from cli.main import app as cli_app
 from spartan.client import SpartanClient
 from tests.api.conftest import tiny_spec
 
@@ -64,7 +64,7 @@ def test_nm_plan(client: TestClient) -> None:
         ({"nm": [3, 3]}, 422, ["body", "nm"]),
         ({"nm": [2, 4], "block_shape": [4, 4]}, 422, ["body", "nm"]),
         ({"nm": [2, 4]}, 400, ["body", "nm"]),  # conv1 does not tile
-        ({"nm": [2, 4], "exclude": ["conv1"], "sparsity": 0.2}, 400, ["body", "target"]),
+        ({"nm": [2, 4], "exclude": ["conv1"], "sparsity": 0.2}, 400, ["body", "sparsity"]),
     ],
 )
 def test_bad_nm_plans_are_4xx_naming_the_field(

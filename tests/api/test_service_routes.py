@@ -47,7 +47,7 @@ def test_artifact_symlink_out_of_the_folder_is_not_served(
 
 
 def test_models_reads_the_registry(client: TestClient) -> None:
-    from worker import models
+    from runtime import models
 
     body = client.get("/v1/models").json()
     assert body["count"] == len(body["data"])
@@ -78,7 +78,7 @@ def test_health_and_readiness(client: TestClient) -> None:
 
 def test_readiness_with_broker_down_is_503(settings: Settings) -> None:
     settings.broker_url = "redis://127.0.0.1:1/0"
-    with TestClient(create_app(settings, requeue_on_start=False)) as client:
+    with TestClient(create_app(settings)) as client:
         r = client.get("/readyz")
     assert r.status_code == 503
     assert r.json()["checks"]["database"] == "ok"

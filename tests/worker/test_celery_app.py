@@ -6,8 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from spartan.queue import TASK_NAME, celery_config, task_id_for
 from spartan.settings import Settings
-from worker.celery_app import TASK_NAME, celery_config, get_celery_app, task_id_for
+from worker.celery_app import get_celery_app
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -15,7 +16,9 @@ REPO = Path(__file__).resolve().parents[2]
 def test_config_for_long_jobs(settings: Settings) -> None:
     conf = get_celery_app(settings).conf
     assert conf.broker_url == settings.broker_url
-    assert conf.result_backend == settings.result_backend
+    assert not conf.result_backend  # the job store records outcomes, not Celery
+    assert conf.task_ignore_result is True
+    assert "worker.tasks" in conf.include
     assert conf.task_acks_late is True
     assert conf.task_reject_on_worker_lost is True
     assert conf.worker_prefetch_multiplier == 1
@@ -41,7 +44,7 @@ def test_one_app_per_configuration(settings: Settings) -> None:
 
 def test_parent_process_imports_no_torch() -> None:
     code = (
-        "import sys; import worker.celery_app as c, worker.tasks, worker.reclaim, spartan.cli; "
+        "import sys; import worker.celery_app as c, worker.tasks, worker.reclaim, cli.main; "
         "app = c.app; assert app.tasks['spartan.run_job'].name == 'spartan.run_job'; "
         "assert 'torch' not in sys.modules, 'torch imported'"
     )

@@ -23,13 +23,13 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from runtime.models import create_model
+from runtime.training import run_training
+from spartan.queue import CeleryBroker
 from spartan.settings import Settings, get_settings
 from spartan.spec import JobSpec
 from spartan.store import Job, JobStore, get_store
 from spartan_core.layers import maskable_targets
-from worker.celery_app import enqueue_job, get_celery_app
-from worker.models import create_model
-from worker.training import run_training
 
 from .conftest import tiny_spec
 
@@ -64,7 +64,6 @@ class Env:
         }
         if broker is not None:
             self.vars["SPARTAN_BROKER_URL"] = broker
-            self.vars["SPARTAN_RESULT_BACKEND"] = broker
         (home / "data").mkdir(parents=True, exist_ok=True)
         self.workers: list[subprocess.Popen[bytes]] = []
 
@@ -85,7 +84,7 @@ class Env:
             [
                 sys.executable,
                 "-m",
-                "spartan.cli",
+                "cli",
                 "worker",
                 "--queue",
                 self.queue,
@@ -111,7 +110,7 @@ class Env:
         body = spec.model_dump(mode="json")
         body["resources"]["queue"] = self.queue
         job, _ = get_store(settings.database_url).create_job(owner="tester", spec=body)
-        enqueue_job(job.id, queue=self.queue, app=get_celery_app(settings))
+        CeleryBroker(settings).enqueue(job.id, queue=self.queue)
         return job.id
 
     def job(self, job_id: str) -> Job:
@@ -200,7 +199,7 @@ def test_redis_worker_runs_cancels_fails_and_ignores_duplicates(redis_env: Env) 
     _check_artifacts(env, job)
 
     # the same message again: a no-op
-    enqueue_job(job_id, queue=env.queue, app=get_celery_app(env.settings()))
+    CeleryBroker(env.settings()).enqueue(job_id, queue=env.queue)
     _wait(
         "duplicate ignored", lambda: f"job {job_id} is already succeeded".encode() in env.log("w1")
     )

@@ -1,5 +1,5 @@
 """The service sub-commands of ``spartan``: serve, demo, submit, status, cancel, download,
-plan, jobs and apikey. ``spartan.cli`` registers them with ``register(app)``.
+plan, jobs and apikey. ``cli.main`` registers them with ``register(app)``.
 
 Client commands talk to ``SPARTAN_API_URL`` (default http://127.0.0.1:8000) with the bearer
 token ``SPARTAN_API_KEY`` when set.
@@ -14,12 +14,15 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-import yaml
 from rich.console import Console
 from rich.table import Table
 
+from cli.serve import QUICKSTART, follow, print_summary, run_demo, run_service, summarize
 from spartan.client import SpartanAPIError, SpartanClient, format_detail
+from spartan.keys import create_api_key
 from spartan.settings import get_settings
+from spartan.spec import read_spec_file
+from spartan.store import get_store
 
 console = Console()
 err_console = Console(stderr=True)
@@ -46,8 +49,6 @@ def serve(
     worker: Annotated[bool, typer.Option(help="also start an embedded worker process")] = True,
 ) -> None:
     """Start the API and a worker (state under SPARTAN_HOME; embedded defaults)."""
-    from spartan.serve import run_service
-
     run_service(get_settings(), host=host, port=port, worker=worker)
 
 
@@ -57,20 +58,7 @@ def demo(
     ] = None,
 ) -> None:
     """Start the service, run the quickstart job end to end, print its results, stop."""
-    from spartan.serve import QUICKSTART, run_demo
-
     raise typer.Exit(code=run_demo(get_settings(), spec_path=spec or QUICKSTART, console=console))
-
-
-def load_spec(path: Path) -> dict[str, Any]:
-    """A job spec from a YAML or JSON file, as a dict."""
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise typer.BadParameter(f"cannot read {path}: {exc}") from None
-    if not isinstance(data, dict):
-        raise typer.BadParameter(f"{path}: expected a mapping at the top level")
-    return data
 
 
 def submit(
@@ -81,9 +69,10 @@ def submit(
     ] = None,
 ) -> None:
     """Submit a job; with --wait show a live progress bar and the results."""
-    from spartan.serve import follow, print_summary, summarize
-
-    body = load_spec(spec)
+    try:
+        body = read_spec_file(spec)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
     key = idempotency_key or str(uuid.uuid4())
     try:
         with _client() as client:
@@ -269,9 +258,6 @@ def apikey_create(
     owner: Annotated[str, typer.Option(help="who the key acts for")],
 ) -> None:
     """Create an API key for OWNER and print it once (only its hash is stored)."""
-    from api.auth import create_api_key
-    from spartan.store import get_store
-
     settings = get_settings()
     settings.ensure_dirs()
     try:

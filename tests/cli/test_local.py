@@ -8,9 +8,9 @@ from pathlib import Path
 import yaml
 from typer.testing import CliRunner
 
-from spartan.cli import app
+from cli.main import app
+from runtime.artifacts import ARTIFACT_NAMES
 from spartan.settings import Settings
-from worker.artifacts import ARTIFACT_NAMES
 
 from .conftest import TINY
 

@@ -22,11 +22,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import onnxruntime
 import torch
+from pydantic import ValidationError
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 from torch import nn
 
-from worker import artifacts as art
-from worker.checkpoints import atomic_write_text
+import cost_models
+from cost_models.architectures import Architecture
+from cost_models.sparse_format import load_strict
+from runtime import artifacts as art
+from runtime.checkpoints import atomic_write_text
+from runtime.models import create_model
+from spartan.spec import JobSpec
+from spartan_core.device import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -61,14 +71,6 @@ def load_artifacts(artifact_dir: Path) -> tuple[Any, nn.Module]:
             ``spec.json`` missing or unreadable, or a spec whose architecture does not match
             the weights.
     """
-    from pydantic import ValidationError
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    from cost_models.sparse_format import load_strict
-    from spartan.spec import JobSpec
-    from worker.models import create_model
-
     if not artifact_dir.is_dir():
         raise ValueError(f"artifact_dir: {str(artifact_dir)!r} is not a folder")
     for name in (art.MODEL, art.SPEC):
@@ -107,16 +109,8 @@ def export_onnx(
     plus relative to each value).
 
     Raises:
-        ValueError: when onnx, onnxscript or onnxruntime is missing.
         RuntimeError: when the export fails or onnxruntime's output differs.
     """
-    try:
-        import onnxruntime
-    except ImportError as exc:
-        raise ValueError(
-            f"{ONNX_MODEL}: needs onnx, onnxscript and onnxruntime (pip install onnx onnxscript "
-            f"onnxruntime): {exc}"
-        ) from exc
     model = model.to("cpu").eval()
     x = example_input.to("cpu")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -172,10 +166,6 @@ def export_artifacts(
         ValueError: for a bad folder, spec or weights (see ``load_artifacts``), an unknown or
             absent device, or a batch size below 1.
     """
-    import cost_models
-    from cost_models.architectures import Architecture
-    from spartan_core.device import resolve_device
-
     target = resolve_device(device)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size: expected an integer >= 1, got {batch_size!r}")

@@ -26,10 +26,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from sklearn.datasets import load_digits
 from torch.utils.data import DataLoader, Dataset, Sampler
+from torchvision import datasets, transforms
 
+from spartan.resolve import data_path
 from spartan.settings import Settings
-from spartan.spec import JobSpec, resolve_data_path
+from spartan.spec import JobSpec
 
 log = logging.getLogger(__name__)
 
@@ -193,8 +196,6 @@ class UpscaledImages(Dataset):
 
 @register_dataset("digits")
 def _digits(spec: JobSpec, settings: Settings) -> DataSplits:
-    from sklearn.datasets import load_digits
-
     bunch = load_digits()
     images = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1)  # (1797, 1, 8, 8)
     images = (images - images.mean()) / images.std()
@@ -258,13 +259,8 @@ def _synthetic(spec: JobSpec, settings: Settings) -> DataSplits:
 # imagefolder --------------------------------------------------------------------------------
 @register_dataset("imagefolder")
 def _imagefolder(spec: JobSpec, settings: Settings) -> DataSplits:
-    from torchvision import datasets, transforms
-
     assert spec.data.path is not None  # the schema requires it for imagefolder
-    try:
-        root = resolve_data_path(spec.data.path, settings.data_roots)
-    except ValueError as exc:
-        raise ValueError(f"data.path: {exc}") from None
+    root = data_path(spec.data.path, settings, loc=("data", "path"))
     channels, height, width = spec.model.input_size
     if channels not in (1, 3):
         raise ValueError(f"model.input_size: imagefolder gives 1 or 3 channels, not {channels}")

@@ -10,9 +10,9 @@ import pytest
 from pydantic import ValidationError
 from safetensors.torch import load_file
 
+from runtime.training import run_training
+from runtime.validation import validate_spec
 from spartan.settings import Settings
-from worker.training import run_training
-from worker.validation import validate_spec
 
 from .conftest import tiny_spec
 

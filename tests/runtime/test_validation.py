@@ -1,4 +1,4 @@
-"""``validate_spec``: every rejection names its field first."""
+"""``validate_spec``: every rejection is a ``FieldError`` located at its field."""
 
 from __future__ import annotations
 
@@ -6,10 +6,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
+from pydantic import ValidationError
 
+from runtime.costs import cost_model_params
+from runtime.training.setup import build_run
+from runtime.validation import validate_spec
+from spartan.errors import FieldError
 from spartan.settings import Settings
 from spartan.store import get_store
-from worker.validation import validate_spec
 
 from .conftest import tiny_spec
 
@@ -45,7 +50,14 @@ def test_tiny_spec_is_valid(settings: Settings) -> None:
         ),
         (
             {"cost_model": {"name": "params", "params": {"bogus": 1}}},
-            r"cost_model\.params: cost model 'params' has no parameter",
+            r"cost_model\.params\.bogus: cost model 'params' has no parameter 'bogus'",
+        ),
+        (
+            {
+                "sparsity": {"sparsity": None, "cost_fraction": 0.5},
+                "cost_model": {"name": "memory", "params": {"format": "zip"}},
+            },
+            r"cost_model\.params\.format: expected one of",
         ),
         ({"training": {"batch_size": 4096}}, r"training\.batch_size: 4096 is larger"),
         ({"resources": {"time_limit_s": 30 * 24 * 3600}}, r"resources\.time_limit_s: "),
@@ -61,8 +73,10 @@ def test_rejections_name_the_field(
     settings: Settings, sections: dict[str, dict[str, Any]], message: str
 ) -> None:
     spec = tiny_spec(**sections)
-    with pytest.raises(ValueError, match=f"^{message}"):
+    with pytest.raises(FieldError, match=f"^{message}") as info:
         validate_spec(spec, settings)
+    where = message.split(": ", 1)[0].replace("\\", "")
+    assert ".".join(map(str, info.value.loc)) == where  # the location is data, not text
 
 
 def test_imagefolder_needs_train_and_val(settings: Settings) -> None:
@@ -96,13 +110,13 @@ def test_checkpoint_file_types(settings: Settings, tmp_path: Path) -> None:
 
 
 def test_cost_model_gets_the_input_size(settings: Settings) -> None:
-    from worker.validation import resolve_cost_params
-
     spec = tiny_spec(
         sparsity={"sparsity": None, "cost_fraction": 0.3}, cost_model={"name": "flops"}
     )
     validate_spec(spec, settings)
-    assert resolve_cost_params(spec, settings) == {"input_size": [1, 8, 8]}
+    assert cost_model_params(spec.cost_model, spec.model.input_size, settings) == {
+        "input_size": [1, 8, 8]
+    }
 
 
 def test_latency_table_file_must_be_under_a_data_root(settings: Settings) -> None:
@@ -126,19 +140,13 @@ def test_measuring_cost_model_is_not_run_on_the_meta_device(settings: Settings) 
 def test_layer_floor_is_a_fraction_and_reaches_the_sparsifier(
     settings: Settings, tmp_path: Path
 ) -> None:
-    import torch
-    from pydantic import ValidationError
-
-    from worker.training import TrainHooks, _Trainer
-
     for bad in (-0.1, 1.0):
         with pytest.raises(ValidationError, match="layer_floor"):
             tiny_spec(sparsity={"layer_floor": bad})
 
     def config_of(spec: Any) -> Any:
-        trainer = _Trainer(spec, tmp_path, None, settings, TrainHooks(), None, torch.device("cpu"))
-        trainer._build()  # model, data and the SparsifierConfig, no training
-        return trainer.config
+        # model, data and the SparsifierConfig, no training
+        return build_run(spec, settings, owner=None, device=torch.device("cpu")).config
 
     assert config_of(tiny_spec()).layer_floor == 0.0  # the library default
     assert config_of(tiny_spec(sparsity={"layer_floor": 0.4})).layer_floor == 0.4

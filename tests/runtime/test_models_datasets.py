@@ -9,10 +9,8 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from spartan.settings import Settings
-from spartan.spec import ModelSpec
-from worker.datasets import EpochBatchSampler, build_datasets, dataset_names
-from worker.models import (
+from runtime.datasets import EpochBatchSampler, build_datasets, dataset_names
+from runtime.models import (
     check_architecture,
     create_model,
     list_architectures,
@@ -20,6 +18,8 @@ from worker.models import (
     read_weights,
     sources,
 )
+from spartan.settings import Settings
+from spartan.spec import ModelSpec
 
 from .conftest import tiny_spec
 

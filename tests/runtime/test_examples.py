@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from runtime.validation import validate_spec
 from spartan.settings import Settings, get_settings
-from worker.cli import load_spec_file
-from worker.validation import validate_spec
+from spartan.spec import load_spec_file
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml"))
 

@@ -3,7 +3,7 @@
 The builders and the source registry live in ``cost_models.architectures`` (one place, shared
 with ``cost_models.load_sparse`` and ``spartan export``); this module names errors after the
 job spec's ``model`` fields and loads user checkpoints. ``create_model`` is the factory the
-worker, the validation and the CLI share. Models are randomly initialised (no pretrained
+job runtime, the validation and the CLI share. Models are randomly initialised (no pretrained
 download ever); weights come from a user checkpoint through ``load_checkpoint``, which reads
 safetensors or, for ``.pt``/``.pth``, ``torch.load`` with ``weights_only=True`` — user files
 are never unpickled.
@@ -21,15 +21,17 @@ import pickle
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 from torch import nn
 
 from cost_models import architectures
 from cost_models.architectures import ModelSource, register_source, sources
+from spartan.errors import FieldError
+from spartan.resolve import CHECKPOINT_LOC, CHECKPOINT_SUFFIXES
 from spartan.spec import ModelSpec
 
 log = logging.getLogger(__name__)
-
-CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth")
 
 __all__ = [
     "CHECKPOINT_SUFFIXES",
@@ -86,39 +88,36 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
     ``module.`` (DataParallel) prefix.
 
     Raises:
-        ValueError: naming ``model.checkpoint``, for other suffixes or unreadable content.
+        FieldError: at ``model.checkpoint``, for other suffixes or unreadable content.
     """
     suffix = path.suffix.lower()
     if suffix not in CHECKPOINT_SUFFIXES:
-        raise ValueError(
-            f"model.checkpoint: {path.name!r} is not a {'/'.join(CHECKPOINT_SUFFIXES)} file"
+        raise FieldError(
+            CHECKPOINT_LOC, f"{path.name!r} is not a {'/'.join(CHECKPOINT_SUFFIXES)} file"
         )
     if suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
         try:
             tensors = load_file(str(path), device="cpu")
         except (SafetensorError, OSError) as exc:
-            raise ValueError(f"model.checkpoint: cannot read {path.name!r}: {exc}") from exc
+            raise FieldError(CHECKPOINT_LOC, f"cannot read {path.name!r}: {exc}") from exc
     else:
         try:
             loaded = torch.load(path, map_location="cpu", weights_only=True)
         except (pickle.UnpicklingError, RuntimeError, OSError, EOFError) as exc:
             # weights_only refuses pickled code and arbitrary objects (UnpicklingError).
-            raise ValueError(f"model.checkpoint: cannot read {path.name!r}: {exc}") from exc
+            raise FieldError(CHECKPOINT_LOC, f"cannot read {path.name!r}: {exc}") from exc
         if isinstance(loaded, dict):
             for key in ("state_dict", "model", "model_state_dict"):
                 if isinstance(loaded.get(key), dict):
                     loaded = loaded[key]
                     break
         if not isinstance(loaded, dict):
-            raise ValueError(f"model.checkpoint: {path.name!r} does not hold a state dict")
+            raise FieldError(CHECKPOINT_LOC, f"{path.name!r} does not hold a state dict")
         tensors = {k: v for k, v in loaded.items() if isinstance(v, torch.Tensor)}
     if tensors and all(k.startswith("module.") for k in tensors):
         tensors = {k.removeprefix("module."): v for k, v in tensors.items()}
     if not tensors:
-        raise ValueError(f"model.checkpoint: {path.name!r} holds no tensors")
+        raise FieldError(CHECKPOINT_LOC, f"{path.name!r} holds no tensors")
     return tensors
 
 
@@ -132,7 +131,7 @@ def load_checkpoint(model: nn.Module, path: Path) -> dict[str, list[str]]:
         ``{"loaded": [...], "skipped": [...], "missing": [...]}`` tensor names.
 
     Raises:
-        ValueError: naming ``model.checkpoint`` if the file is unreadable or nothing matches.
+        FieldError: at ``model.checkpoint`` if the file is unreadable or nothing matches.
     """
     tensors = read_weights(path)
     own = model.state_dict()
@@ -140,9 +139,10 @@ def load_checkpoint(model: nn.Module, path: Path) -> dict[str, list[str]]:
     skipped = [k for k, v in tensors.items() if k in own and own[k].shape != v.shape]
     unexpected = [k for k in tensors if k not in own]
     if not loaded:
-        raise ValueError(
-            f"model.checkpoint: no tensor of {path.name!r} matches the architecture "
-            f"(e.g. {', '.join(sorted(tensors)[:3])})"
+        raise FieldError(
+            CHECKPOINT_LOC,
+            f"no tensor of {path.name!r} matches the architecture "
+            f"(e.g. {', '.join(sorted(tensors)[:3])})",
         )
     model.load_state_dict({k: tensors[k] for k in loaded}, strict=False)
     missing = [k for k in own if k not in set(loaded)]

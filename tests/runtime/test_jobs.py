@@ -1,4 +1,5 @@
-"""The task's logic in-process (``execute_job``): idempotency, attempts, cancel, SIGTERM, failure.
+"""Running a stored job in-process (``execute_job``): idempotency, attempts, cancel, SIGTERM,
+failure.
 
 The same paths run in a real Celery worker in ``test_celery_worker.py``.
 """
@@ -8,20 +9,37 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from PIL import Image
 
+from runtime import jobs
+from runtime.jobs import execute_job
+from spartan.resolve import artifact_dir as job_artifact_dir
+from spartan.resolve import checkpoint_path as job_checkpoint_path
 from spartan.settings import Settings
 from spartan.spec import JobSpec
 from spartan.store import JobStore, get_store
-from worker import reclaim, tasks
-from worker.tasks import execute_job, job_artifact_dir, job_checkpoint_path
 
 from .conftest import tiny_spec
+
+
+class RecordingBroker:
+    """A broker double: records the messages the code under test sends."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str]] = []
+
+    def enqueue(self, job_id: str, *, queue: str) -> None:
+        self.sent.append((job_id, queue))
+
+    def ping(self) -> None:
+        return None
+
+    def terminate(self, job_id: str) -> bool:
+        return False
 
 
 @pytest.fixture
@@ -30,16 +48,8 @@ def store(wsettings: Settings) -> JobStore:
 
 
 @pytest.fixture
-def enqueued(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
-    """Messages the code under test would send (no broker needed)."""
-    sent: list[tuple[str, str]] = []
-
-    def fake_enqueue(job_id: str, *, queue: str = "default", app: Any = None) -> None:
-        sent.append((job_id, queue))
-
-    monkeypatch.setattr(tasks, "enqueue_job", fake_enqueue)
-    monkeypatch.setattr(reclaim, "enqueue_job", fake_enqueue)
-    return sent
+def broker() -> RecordingBroker:
+    return RecordingBroker()
 
 
 def _job(store: JobStore, spec: JobSpec | dict[str, Any]) -> str:
@@ -50,7 +60,7 @@ def _job(store: JobStore, spec: JobSpec | dict[str, Any]) -> str:
 
 def _on_progress(monkeypatch: pytest.MonkeyPatch, action: Any, *, at_step: int = 2) -> None:
     """Run ``action()`` once, when the job first reports training progress at ``at_step``."""
-    original = tasks._JobMonitor.progress
+    original = jobs.JobMonitor.progress
     done = {"flag": False}
 
     def progress(self: Any, p: dict[str, Any]) -> None:
@@ -59,22 +69,22 @@ def _on_progress(monkeypatch: pytest.MonkeyPatch, action: Any, *, at_step: int =
             done["flag"] = True
             action()
 
-    monkeypatch.setattr(tasks._JobMonitor, "progress", progress)
+    monkeypatch.setattr(jobs.JobMonitor, "progress", progress)
 
 
 def test_preempt_then_resume_then_idempotent(
     wsettings: Settings,
     store: JobStore,
-    enqueued: list[tuple[str, str]],
+    broker: RecordingBroker,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     job_id = _job(store, tiny_spec(resources={"queue": "q1"}))
     _on_progress(monkeypatch, lambda: os.kill(os.getpid(), signal.SIGTERM))
-    assert execute_job(job_id, worker="n1/1", settings=wsettings) == "preempted"
+    assert execute_job(job_id, worker="n1/1", settings=wsettings, broker=broker) == "preempted"
     job = store.get_job(job_id=job_id)
     assert job is not None and job.status == "queued"
     assert job.attempts == 0  # a clean preemption does not count against the limit
-    assert enqueued == [(job_id, "q1")]
+    assert broker.sent == [(job_id, "q1")]
     assert job_checkpoint_path(wsettings, job_id).exists()
     assert signal.getsignal(signal.SIGTERM) is not None  # handler restored
 
@@ -98,7 +108,7 @@ def test_cancel_is_seen_within_a_step(
 ) -> None:
     job_id = _job(store, tiny_spec())
     steps: list[int] = []
-    original = tasks._JobMonitor.progress
+    original = jobs.JobMonitor.progress
 
     def progress(self: Any, p: dict[str, Any]) -> None:
         original(self, p)
@@ -107,7 +117,7 @@ def test_cancel_is_seen_within_a_step(
             if len(steps) == 1:
                 store.request_cancel(job_id=job_id)
 
-    monkeypatch.setattr(tasks._JobMonitor, "progress", progress)
+    monkeypatch.setattr(jobs.JobMonitor, "progress", progress)
     assert execute_job(job_id, worker="n1/1", settings=wsettings) == "cancelled"
     job = store.get_job(job_id=job_id)
     assert job is not None and job.status == "cancelled"
@@ -179,21 +189,6 @@ def test_cancel_flag_on_redelivery(wsettings: Settings, store: JobStore) -> None
     assert execute_job("job_missing", worker="n1/2", settings=wsettings) == "missing"
 
 
-def test_reclaim_requeues_silent_running_jobs(
-    wsettings: Settings, store: JobStore, enqueued: list[tuple[str, str]]
-) -> None:
-    silent = _job(store, tiny_spec(resources={"queue": "gpu"}))
-    store.start_attempt(job_id=silent, worker="dead/1")
-    now = datetime.now(UTC)
-    assert reclaim.reclaim_lost_jobs(store=store, settings=wsettings, now=now) == []
-    later = now + timedelta(seconds=wsettings.heartbeat_timeout_s + 1)
-    assert reclaim.reclaim_lost_jobs(store=store, settings=wsettings, now=later) == [silent]
-    job = store.get_job(job_id=silent)
-    assert job is not None and job.status == "queued" and job.worker is None
-    assert enqueued == [(silent, "gpu")]
-    assert reclaim.reclaim_lost_jobs(store=store, settings=wsettings, now=later) == []
-
-
 def test_paths(wsettings: Settings) -> None:
     assert (
         job_checkpoint_path(wsettings, "job_x")
@@ -203,7 +198,7 @@ def test_paths(wsettings: Settings) -> None:
 
 
 def test_time_limit_checkpoints_and_fails(wsettings: Settings, store: JobStore) -> None:
-    from worker.training import JobTimeLimitExceeded
+    from runtime.training import JobTimeLimitExceeded
 
     job_id = _job(store, tiny_spec(training={"epochs": 100}, resources={"time_limit_s": 10}))
     with pytest.raises(JobTimeLimitExceeded):

@@ -15,10 +15,10 @@ import yaml
 from typer.testing import CliRunner
 
 import cost_models
+from cli.main import app
 from cost_models import deployment
-from spartan.cli import app
+from runtime.export import export_onnx, load_artifacts
 from spartan.settings import get_settings
-from worker.export import export_onnx, load_artifacts
 
 from .conftest import TINY
 

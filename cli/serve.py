@@ -11,6 +11,7 @@ results and shuts everything down.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import signal
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import uvicorn
 import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -39,7 +41,7 @@ QUICKSTART = REPO_ROOT / "examples" / "quickstart.yaml"
 
 def worker_command(settings: Settings) -> list[str]:
     """The command line of one embedded worker process (``spartan worker`` on the queue)."""
-    return [sys.executable, "-m", "spartan.cli", "worker", "--queue", settings.default_queue]
+    return [sys.executable, "-m", "cli", "worker", "--queue", settings.default_queue]
 
 
 def child_env(settings: Settings, **extra: str) -> dict[str, str]:
@@ -53,8 +55,6 @@ def child_env(settings: Settings, **extra: str) -> dict[str, str]:
 def _die_with_parent() -> None:
     # Linux: SIGTERM the child when the process that started it dies, even by SIGKILL.
     if sys.platform.startswith("linux"):
-        import ctypes
-
         pr_set_pdeathsig = 1
         ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
@@ -84,8 +84,6 @@ def stop_process(proc: subprocess.Popen[bytes], *, timeout: float = 20.0) -> Non
 
 def run_service(settings: Settings, *, host: str, port: int, worker: bool = True) -> None:
     """``spartan serve``: the API (uvicorn, in this process) and a worker child process."""
-    import uvicorn
-
     settings.ensure_dirs()
     # uvicorn shuts down on SIGTERM/SIGINT and then re-raises the signal with the previous
     # handler in place; make that an exception so the worker is stopped below.
@@ -103,6 +101,7 @@ def _exit_on_signal(signum: int, _frame: object) -> None:
 
 
 def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -118,7 +117,7 @@ def local_service(
     """
     port = port or free_port()
     url = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "spartan.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    cmd = [sys.executable, "-m", "cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
     with open(log_path, "ab") if log_path else contextlib.nullcontext() as log_file:
         proc = subprocess.Popen(
             cmd,
@@ -227,6 +226,8 @@ def summarize(client: SpartanClient, job: dict[str, Any], settings: Settings) ->
 
 
 def print_summary(summary: dict[str, Any], console: Console) -> None:
+    """Print ``summarize``'s answer for a person."""
+
     def pct(value: Any) -> str:
         return f"{value:.2%}" if isinstance(value, int | float) else "n/a"
 

@@ -23,9 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import save
 from torch import nn
 
-from worker.checkpoints import atomic_write, atomic_write_json, atomic_write_text
+import cost_models
+from cost_models.architectures import Architecture
+from runtime.checkpoints import atomic_write, atomic_write_json, atomic_write_text
 
 MODEL = "model.safetensors"
 SPARSE_MODEL = "model.sparse.safetensors"
@@ -39,8 +42,6 @@ ARTIFACT_NAMES = (MODEL, SPARSE_MODEL, MASKS, COST_REPORT_JSON, COST_REPORT_CSV,
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
     """Save tensors as safetensors atomically (CPU, contiguous, no shared storage)."""
-    from safetensors.torch import save
-
     plain = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
     data = save(plain, metadata=metadata)
     atomic_write(path, lambda handle: handle.write(data))
@@ -66,9 +67,6 @@ def write_artifacts(
         spec: the resolved job specification (JSON-able).
         deployment: the ``cost_models.deploy`` report stored in ``model.sparse.safetensors``.
     """
-    import cost_models
-    from cost_models.architectures import Architecture
-
     out_dir.mkdir(parents=True, exist_ok=True)
     meta = {"architecture": f"{spec['model']['source']}/{spec['model']['name']}"}
     paths = {name: out_dir / name for name in ARTIFACT_NAMES}

@@ -11,11 +11,11 @@ import torch
 from safetensors.torch import load_file
 
 import cost_models
+from runtime.artifacts import ARTIFACT_NAMES
+from runtime.models import create_model
+from runtime.training import TrainHooks, TrainResult, lr_factor, run_training
 from spartan.settings import Settings
 from spartan_core.layers import maskable_targets
-from worker.artifacts import ARTIFACT_NAMES
-from worker.models import create_model
-from worker.training import TrainHooks, TrainResult, lr_factor, run_training
 
 from .conftest import tiny_spec
 

@@ -1,0 +1,1 @@
+"""The ``spartan`` command line (``cli.main:app``): the layer that wires everything together."""

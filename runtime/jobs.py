@@ -1,0 +1,241 @@
+"""Running one stored job: a job id in, the job's outcome recorded in the store.
+
+``execute_job`` is what the Celery task ``spartan.run_job`` does (``worker.tasks``), as a plain
+function. It is idempotent: it re-reads the job, does nothing for a finished one, counts the
+delivery, gives up past ``max_delivery_attempts``, and otherwise runs the training (resuming
+from the job's checkpoint when there is one), then records the outcome:
+
+- success: ``succeeded`` with the metrics, artifacts in ``artifact_dir/<job id>/``;
+- cancellation (``cancel_requested``, polled at a bounded rate and seen within one training
+  step): ``cancelled``, and the process ends with the task (one task per child process);
+- SIGTERM (preemption, a stopping worker): a checkpoint is written, the job goes back to
+  ``queued`` and its message is sent again;
+- any error: ``failed`` with a short reason and the traceback, then the error is re-raised so
+  Celery logs it too.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import signal
+import threading
+import time
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from types import FrameType
+from typing import Any, Literal
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from runtime.training import TrainHooks, run_training
+from spartan.queue import Broker, CeleryBroker, send_job
+from spartan.resolve import artifact_dir, checkpoint_path
+from spartan.settings import Settings, get_settings
+from spartan.spec import JobSpec
+from spartan.store import Job, JobStore, get_store
+
+log = logging.getLogger(__name__)
+
+Outcome = Literal[
+    "succeeded", "failed", "cancelled", "preempted", "noop", "missing", "duplicate", "abandoned"
+]
+# How often the cancel flag is read from the store, at most (seconds).
+CANCEL_POLL_S = 1.0
+
+
+def execute_job(
+    job_id: str, *, worker: str, settings: Settings | None = None, broker: Broker | None = None
+) -> Outcome:
+    """Run the stored job ``job_id`` and record its outcome.
+
+    Args:
+        job_id: the job to run.
+        worker: ``<celery node>/<pid>`` of the process running it.
+        settings: default: the process-wide settings.
+        broker: where a preempted job is sent again (default: the Celery broker of settings).
+    """
+    settings = settings if settings is not None else get_settings()
+    store = get_store(settings.database_url)
+    job = store.get_job(job_id=job_id)
+    if job is None:
+        log.warning("job %s does not exist; message dropped", job_id)
+        return "missing"
+    if job.finished:
+        log.info("job %s is already %s; duplicate delivery ignored", job_id, job.status)
+        return "noop"
+    if _running_elsewhere(job, worker, settings):
+        log.warning("job %s is running on %s; duplicate delivery ignored", job_id, job.worker)
+        return "duplicate"
+    started = store.start_attempt(job_id=job_id, worker=worker)
+    if started is None:
+        return "noop"
+    if started.attempts > settings.max_delivery_attempts:
+        store.finish(
+            job_id=job_id,
+            status="failed",
+            error=(
+                f"delivery attempts: the job was delivered {started.attempts} times, more than "
+                f"max_delivery_attempts={settings.max_delivery_attempts}; its worker was lost "
+                "each time (killed, out of memory or crashed)"
+            ),
+        )
+        return "failed"
+    if started.cancel_requested:
+        store.finish(job_id=job_id, status="cancelled")
+        return "cancelled"
+    log.info("job %s: attempt %d on %s", job_id, started.attempts, worker)
+    broker = broker if broker is not None else CeleryBroker(settings)
+    return _train(started, store=store, broker=broker, settings=settings)
+
+
+def _train(job: Job, *, store: JobStore, broker: Broker, settings: Settings) -> Outcome:
+    monitor = JobMonitor(store=store, job=job, settings=settings)
+    checkpoint = checkpoint_path(settings, job.id)
+    try:
+        spec = JobSpec.model_validate(job.spec)
+        with monitor, _preemption_signal(monitor):
+            result = run_training(
+                spec,
+                out_dir=artifact_dir(settings, job.id),
+                checkpoint_path=checkpoint,
+                settings=settings,
+                hooks=TrainHooks(progress=monitor.progress, stop=monitor.stop),
+                owner=job.owner,
+            )
+    except Exception as exc:  # record the failure in the store, then re-raise
+        store.finish(
+            job_id=job.id,
+            status="failed",
+            error=short_reason(exc),
+            traceback=traceback.format_exc(),
+        )
+        log.exception("job %s failed", job.id)
+        raise
+    if result.status == "succeeded":
+        store.finish(job_id=job.id, status="succeeded", metrics=result.metrics)
+        shutil.rmtree(checkpoint.parent, ignore_errors=True)
+        return "succeeded"
+    if monitor.reason == "abandon":
+        log.warning("job %s was taken from this worker (%s); stopping", job.id, monitor.detail)
+        return "abandoned"
+    if result.status == "cancelled":
+        store.finish(job_id=job.id, status="cancelled")
+        shutil.rmtree(checkpoint.parent, ignore_errors=True)
+        return "cancelled"
+    # preempted: the checkpoint is written; hand the job to the next worker
+    if store.requeue_preempted(job_id=job.id):
+        queue = send_job(job, store=store, broker=broker, settings=settings)
+        log.info("job %s preempted; checkpointed and re-queued on %s", job.id, queue)
+    return "preempted"
+
+
+def short_reason(exc: BaseException) -> str:
+    """A one-line reason for a failure: the exception type and the first line of its message."""
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    reason = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    return reason[:500]
+
+
+def _running_elsewhere(job: Job, worker: str, settings: Settings) -> bool:
+    """A running job last heard of recently, on another worker node: a duplicate message."""
+    if job.status != "running" or job.worker is None:
+        return False
+    if job.worker.rsplit("/", 1)[0] == worker.rsplit("/", 1)[0]:
+        # Same node: with one job per worker, the previous process there is gone.
+        return False
+    updated = job.updated_at if job.updated_at.tzinfo else job.updated_at.replace(tzinfo=UTC)
+    return (datetime.now(UTC) - updated).total_seconds() < settings.heartbeat_timeout_s
+
+
+class JobMonitor:
+    """The training hooks of a job: progress to the store, stop requests from it and SIGTERM.
+
+    A heartbeat thread re-writes the last progress every ``progress_interval_s`` while the job
+    runs (also while the model and data are being built), so ``updated_at`` stays fresh as
+    long as the process lives; ``worker.reclaim`` re-queues jobs whose heartbeat stopped.
+    """
+
+    def __init__(self, *, store: JobStore, job: Job, settings: Settings) -> None:
+        self.store = store
+        self.job_id = job.id
+        self.attempt = job.attempts
+        self.interval_s = settings.progress_interval_s
+        self.poll_s = min(CANCEL_POLL_S, settings.progress_interval_s)
+        self.reason: Literal["cancel", "preempt", "abandon"] | None = None
+        self.detail = ""
+        self.preempt_requested = threading.Event()
+        self._last: dict[str, Any] = {"phase": "starting", "attempt": job.attempts}
+        self._lock = threading.Lock()
+        self._last_poll = 0.0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="spartan-heartbeat", daemon=True)
+
+    def __enter__(self) -> JobMonitor:
+        self._write()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join(timeout=10)
+
+    def progress(self, progress: dict[str, Any]) -> None:
+        """Record a progress report (the training loop's progress hook)."""
+        with self._lock:
+            self._last = {**progress, "attempt": self.attempt}
+        self._write()
+
+    def _write(self) -> None:
+        with self._lock:
+            progress = {**self._last, "updated_at": datetime.now(UTC).isoformat()}
+        self.store.update_progress(job_id=self.job_id, progress=progress)
+
+    def _beat(self) -> None:
+        while not self._done.wait(self.interval_s):
+            try:
+                self._write()
+            except SQLAlchemyError as exc:
+                log.warning("job %s: heartbeat failed (will retry): %s", self.job_id, exc)
+
+    def stop(self) -> Literal["cancel", "preempt"] | None:
+        """The training loop's stop hook: SIGTERM, a cancel flag, or the job taken away."""
+        if self.preempt_requested.is_set():
+            self.reason = "preempt"
+            return "preempt"
+        now = time.monotonic()
+        if now - self._last_poll < self.poll_s:
+            return None
+        self._last_poll = now
+        job = self.store.get_job(job_id=self.job_id)
+        if job is None or job.cancel_requested or job.finished:
+            self.reason = "cancel"
+            self.detail = "deleted" if job is None else job.status
+            return "cancel"
+        if job.status != "running" or job.worker is None or job.attempts != self.attempt:
+            # Re-queued by a reclaimer that thought this worker dead: stop without touching
+            # the job; the new delivery resumes from the last checkpoint.
+            self.reason = "abandon"
+            self.detail = f"status {job.status}, worker {job.worker}"
+            return "cancel"
+        return None
+
+
+@contextmanager
+def _preemption_signal(monitor: JobMonitor) -> Iterator[None]:
+    """While training, SIGTERM asks for a checkpoint and a re-queue instead of killing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        log.warning("SIGTERM: checkpointing and re-queueing job %s", monitor.job_id)
+        monitor.preempt_requested.set()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -1,0 +1,148 @@
+"""The training loop's state, and how it converts to and from a checkpoint.
+
+A checkpoint is one ``torch.save`` dict (``runtime.checkpoints``): the state dicts of the model,
+optimizer, scheduler, gradient scaler and sparsifier, the RNG states, and ``TrainState``: the
+data position and the metrics so far. Restoring sets the RNG states last, so a resumed run
+draws exactly the random numbers an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from runtime.checkpoints import rng_state, save_checkpoint, set_rng_state
+from spartan.errors import FieldError
+from spartan.spec import JobSpec
+from spartan_core import Sparsifier
+
+
+def spec_fingerprint(spec: JobSpec) -> str:
+    """A hash of everything that determines the training result (not name or resources)."""
+    body = spec.model_dump(mode="json", exclude={"name", "resources"})
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass
+class TrainState:
+    """Where a run is and what it has measured so far.
+
+    Attributes:
+        epoch, batch: the next batch to run (the batch order is a function of seed and epoch).
+        step: completed optimizer steps.
+        epoch_sums: (loss sum, correct, seen) of the current epoch, float64 for exact resumes.
+        dense: the dense model's validation metrics (measured before masking).
+        history: one entry per finished epoch.
+        elapsed_before: run time of earlier attempts (s).
+    """
+
+    epoch_sums: torch.Tensor  # (3,)
+    dense: dict[str, float] | None = None
+    epoch: int = 0
+    batch: int = 0
+    step: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    elapsed_before: float = 0.0
+
+    @classmethod
+    def fresh(cls, device: torch.device) -> TrainState:
+        """The state of a run that starts from the beginning (the dense metrics to come)."""
+        return cls(epoch_sums=torch.zeros(3, dtype=torch.float64, device=device))
+
+    @classmethod
+    def from_checkpoint(cls, saved: dict[str, Any], device: torch.device) -> TrainState:
+        """The state a checkpoint holds (the inverse of ``to_checkpoint``)."""
+        position = saved["position"]
+        return cls(
+            epoch_sums=saved["epoch_sums"].to(device),
+            dense=saved["dense"],
+            epoch=position["epoch"],
+            batch=position["batch"],
+            step=position["step"],
+            history=list(saved["history"]),
+            elapsed_before=float(saved["elapsed_s"]),
+        )
+
+    def to_checkpoint(self, *, elapsed_s: float) -> dict[str, Any]:
+        """The checkpoint entries of this state, with the total run time so far."""
+        return {
+            "position": {"epoch": self.epoch, "batch": self.batch, "step": self.step},
+            "epoch_sums": self.epoch_sums.detach().cpu(),
+            "dense": self.dense,
+            "history": self.history,
+            "elapsed_s": elapsed_s,
+        }
+
+
+@dataclass
+class TrainModules:
+    """What trains: the modules whose state dicts a checkpoint holds."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    sparsifier: Sparsifier
+
+    def state_dicts(self) -> dict[str, Any]:
+        """Every module's state dict, keyed as in the checkpoint."""
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "sparsifier": self.sparsifier.state_dict(),
+        }
+
+    def load_state_dicts(self, saved: dict[str, Any]) -> None:
+        """Load every module's state dict from a checkpoint."""
+        self.model.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        self.scaler.load_state_dict(saved["scaler"])
+        self.sparsifier.load_state_dict(saved["sparsifier"])
+
+
+def save_run(
+    path: Path, spec: JobSpec, modules: TrainModules, state: TrainState, *, elapsed_s: float
+) -> None:
+    """Write the run's checkpoint to ``path`` (atomically)."""
+    save_checkpoint(
+        path,
+        {
+            "fingerprint": spec_fingerprint(spec),
+            **modules.state_dicts(),
+            "rng": rng_state(),
+            **state.to_checkpoint(elapsed_s=elapsed_s),
+        },
+    )
+
+
+def restore_run(
+    saved: dict[str, Any],
+    path: Path,
+    spec: JobSpec,
+    modules: TrainModules,
+    device: torch.device,
+) -> TrainState:
+    """Load a checkpoint into ``modules`` and the RNGs; returns the state it holds.
+
+    Raises:
+        FieldError: at ``checkpoint`` if it was written for another specification.
+    """
+    if saved.get("fingerprint") != spec_fingerprint(spec):
+        raise FieldError(
+            ("checkpoint",),
+            f"{path} was written for a different job specification; remove it or use "
+            "another output folder",
+        )
+    modules.load_state_dicts(saved)
+    state = TrainState.from_checkpoint(saved, device)
+    set_rng_state(saved["rng"])
+    return state
