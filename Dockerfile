@@ -17,16 +17,18 @@ RUN apt-get update \
 WORKDIR /app
 # Dependencies first (cached while only the source changes).
 COPY pyproject.toml README.md ./
-RUN mkdir -p spartan spartan_core cost_models api worker \
+RUN mkdir -p spartan spartan_core cost_models runtime api worker cli \
     && touch spartan/__init__.py spartan_core/__init__.py cost_models/__init__.py \
-       api/__init__.py worker/__init__.py \
+       runtime/__init__.py api/__init__.py worker/__init__.py cli/__init__.py \
     && pip install . \
     && pip uninstall -y spartan
 COPY spartan ./spartan
 COPY spartan_core ./spartan_core
 COPY cost_models ./cost_models
+COPY runtime ./runtime
 COPY api ./api
 COPY worker ./worker
+COPY cli ./cli
 COPY examples ./examples
 RUN pip install --no-deps . \
     && useradd --create-home --uid 1000 spartan \

@@ -1,5 +1,6 @@
 # make demo: install, start the service on its embedded default and run the example job.
-# make test: install, start Redis/PostgreSQL if needed, lint and run every test.
+# make test: install, start Redis/PostgreSQL if needed, lint (ruff, the import layers) and run
+# every test.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
@@ -19,6 +20,7 @@ demo: install
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
 test: install lint
 	bash scripts/services.sh

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import sys
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -34,9 +36,15 @@ def _client() -> SpartanClient:
     return SpartanClient.from_settings(get_settings())
 
 
-def _fail(exc: SpartanAPIError) -> typer.Exit:
-    err_console.print(f"[red]error {exc.status_code}[/red]: {format_detail(exc.detail)}")
-    return typer.Exit(code=2)
+@contextmanager
+def _service() -> Iterator[SpartanClient]:
+    """A client of the configured service; an error answer is printed and exits with 2."""
+    try:
+        with _client() as client:
+            yield client
+    except SpartanAPIError as exc:
+        err_console.print(f"[red]error {exc.status_code}[/red]: {format_detail(exc.detail)}")
+        raise typer.Exit(code=2) from None
 
 
 def _print_json(data: Any) -> None:
@@ -74,38 +82,29 @@ def submit(
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     key = idempotency_key or str(uuid.uuid4())
-    try:
-        with _client() as client:
-            job = client.submit(body, idempotency_key=key)
-            console.print(f"{job['id']} {job['status']}")
-            if not wait:
-                return
-            final = follow(client, job["id"], console=console)
-            print_summary(summarize(client, final, get_settings()), console)
-    except SpartanAPIError as exc:
-        raise _fail(exc) from None
+    with _service() as client:
+        job = client.submit(body, idempotency_key=key)
+        console.print(f"{job['id']} {job['status']}")
+        if not wait:
+            return
+        final = follow(client, job["id"], console=console)
+        print_summary(summarize(client, final, get_settings()), console)
     if final["status"] != "succeeded":
         raise typer.Exit(code=1)
 
 
 def status(job_id: Annotated[str, typer.Argument(help="job id")]) -> None:
     """Show a job's status, progress, metrics and error (JSON)."""
-    try:
-        with _client() as client:
-            job = client.job(job_id)
-    except SpartanAPIError as exc:
-        raise _fail(exc) from None
+    with _service() as client:
+        job = client.job(job_id)
     job.pop("spec", None)
     _print_json(job)
 
 
 def cancel(job_id: Annotated[str, typer.Argument(help="job id")]) -> None:
     """Cancel a job (queued: at once; running: at its next step)."""
-    try:
-        with _client() as client:
-            job = client.cancel(job_id)
-    except SpartanAPIError as exc:
-        raise _fail(exc) from None
+    with _service() as client:
+        job = client.cancel(job_id)
     console.print(f"{job['id']} {job['status']} (cancel requested)")
 
 
@@ -117,14 +116,11 @@ def download(
     """Download a job's artifacts."""
     folder = out / job_id if not names else out
     folder.mkdir(parents=True, exist_ok=True)
-    try:
-        with _client() as client:
-            wanted = names or [a["name"] for a in client.artifacts(job_id)["data"]]
-            for name in wanted:
-                path = client.download(job_id, name, folder / name)
-                console.print(f"{path}")
-    except SpartanAPIError as exc:
-        raise _fail(exc) from None
+    with _service() as client:
+        wanted = names or [a["name"] for a in client.artifacts(job_id)["data"]]
+        for name in wanted:
+            path = client.download(job_id, name, folder / name)
+            console.print(f"{path}")
 
 
 def _block(value: str) -> list[int]:
@@ -185,13 +181,10 @@ def plan(
         body["sparsity"] = sparsity
     if cost_fraction is not None:
         body["cost_fraction"] = cost_fraction
-    try:
-        with _client() as client:
-            if checkpoint is not None:
-                body["model"]["checkpoint"] = client.upload(checkpoint)["id"]
-            answer = client.plan(body)
-    except SpartanAPIError as exc:
-        raise _fail(exc) from None
+    with _service() as client:
+        if checkpoint is not None:
+            body["model"]["checkpoint"] = client.upload(checkpoint)["id"]
+        answer = client.plan(body)
     if as_json:
         _print_json(answer)
         return
@@ -233,11 +226,8 @@ def jobs(
     offset: Annotated[int, typer.Option(min=0)] = 0,
 ) -> None:
     """List your jobs, newest first."""
-    try:
-        with _client() as client:
-            page = client.jobs(status=status_filter, limit=limit, offset=offset)
-    except SpartanAPIError as exc:
-        raise _fail(exc) from None
+    with _service() as client:
+        page = client.jobs(status=status_filter, limit=limit, offset=offset)
     table = Table(title=f"{page['count']} job(s)")
     table.add_column("id", no_wrap=True, min_width=28)
     for col in ("name", "status", "created", "error"):
