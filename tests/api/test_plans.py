@@ -69,3 +69,13 @@ def test_plan_bad_input(client: TestClient, settings: Settings) -> None:
         assert r.status_code == status, (body, r.text)
         if field:
             assert any(field in item["loc"] for item in r.json()["detail"]), r.json()
+
+
+def test_a_plan_leaves_the_process_random_state_alone(client: TestClient) -> None:
+    body = {"model": MODEL, "sparsity": 0.9}
+    torch.manual_seed(1234)
+    before = torch.get_rng_state()
+    first = client.post("/v1/plans", json=body)
+    assert first.status_code == 200, first.text
+    assert torch.equal(torch.get_rng_state(), before)
+    assert client.post("/v1/plans", json=body).json() == first.json()  # seeded initial weights
