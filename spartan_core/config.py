@@ -1,14 +1,16 @@
 """Typed, validated configuration of a ``Sparsifier``.
 
-Strings naming a method, a distribution or a cost model are checked here and turned into
-objects at one boundary (``resolve_cost_model`` and the registries' ``get_*`` functions).
+Strings naming a method or a distribution are checked here and turned into objects by the
+registries' ``get_*`` functions. The cost model is an object: callers turn a name into one
+with ``cost_models.get(name)`` (spartan_core imports no cost model package; its own
+``ParamsCost`` is the default).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from spartan_core.blocks import BlockShape
@@ -92,8 +94,9 @@ class SparsifierConfig:
         annealing: shape of both schedules, ``linear`` or ``cosine`` (see ``schedule``).
         include: glob patterns over module names to mask (all maskable layers when empty).
         exclude: glob patterns over module names to leave dense.
-        cost_model: ``params`` (one per weight), the name of a cost model registered in the
-            ``cost_models`` package, or a ``CostModel`` object.
+        cost_model: a ``CostModel`` object pricing each kept entry; the default,
+            ``ParamsCost``, prices one unit per weight. ``cost_models.get(name)`` builds the
+            registered ones (flops, memory, latency tables...) by name.
         value_scale: ``mean`` or ``none``, see "Beta scale" above.
         layer_floor: under the ``global`` distribution, every masked layer keeps at least
             about this share of the group's kept fraction f, counted in entries (its
@@ -117,7 +120,7 @@ class SparsifierConfig:
     annealing: str = "cosine"
     include: tuple[str, ...] = field(default=())
     exclude: tuple[str, ...] = field(default=())
-    cost_model: str | CostModel = "params"
+    cost_model: CostModel = field(default_factory=ParamsCost)
     value_scale: str = "mean"
     layer_floor: float = DEFAULT_LAYER_FLOOR
 
@@ -172,12 +175,10 @@ class SparsifierConfig:
             if isinstance(value, str) or not all(isinstance(p, str) and p for p in value):
                 raise ValueError(f"{name}: expected a list of glob patterns, got {value!r}")
             object.__setattr__(self, name, tuple(value))
-        if isinstance(self.cost_model, str):
-            if not self.cost_model:
-                raise ValueError("cost_model: expected a cost model name, got ''")
-        elif not isinstance(self.cost_model, CostModel):
+        if not isinstance(self.cost_model, CostModel):
             raise ValueError(
-                f"cost_model: expected a name or a CostModel object, got {self.cost_model!r}"
+                "cost_model: expected a CostModel object (cost_models.get(name) builds one by "
+                f"name), got {self.cost_model!r}"
             )
         if self.nm is not None:
             self._check_nm()
@@ -209,8 +210,8 @@ class SparsifierConfig:
         """
         if not _is_real(sparsity) or not 0.0 <= sparsity < 1.0:
             raise ValueError(f"sparsity: expected a fraction in [0, 1), got {sparsity!r}")
-        cost_model = kwargs.get("cost_model", "params")
-        if cost_model != "params" and not isinstance(cost_model, ParamsCost):
+        cost_model = kwargs.get("cost_model", ParamsCost())
+        if not isinstance(cost_model, ParamsCost):
             raise ValueError(
                 f"cost_model: a sparsity target needs the params cost model, got {cost_model!r}"
             )
@@ -222,35 +223,6 @@ class SparsifierConfig:
     def beta_max_effective(self) -> float:
         """beta_max multiplied by sqrt(r * c), the value the schedule reaches."""
         return float(self.beta_max) * math.sqrt(self.block_shape[0] * self.block_shape[1])
-
-    def with_changes(self, **changes: Any) -> SparsifierConfig:
-        """A copy with some fields replaced (validated again)."""
-        return replace(self, **changes)
-
-
-def resolve_cost_model(spec: str | CostModel) -> CostModel:
-    """Turn a cost model name or object into a ``CostModel``.
-
-    ``params`` is built in; any other name is looked up with ``cost_models.get(name)``,
-    imported here because the ``cost_models`` package itself depends on ``spartan_core``.
-
-    Raises:
-        ValueError: for an unknown name (naming ``cost_model``) or an object that is not a
-            cost model.
-    """
-    if isinstance(spec, str):
-        if spec == "params":
-            return ParamsCost()
-        import cost_models  # lazy: cost_models imports spartan_core
-
-        try:
-            model = cost_models.get(spec)
-        except LookupError as error:
-            raise ValueError(f"cost_model: unknown cost model {spec!r} ({error})") from error
-        return model
-    if isinstance(spec, CostModel):
-        return spec
-    raise ValueError(f"cost_model: expected a name or a CostModel object, got {spec!r}")
 
 
 def _choice(name: str, value: object, choices: tuple[str, ...]) -> None:

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -51,8 +51,16 @@ from spartan_core.layers import MaskTarget
 from spartan_core.nm import NMShape, group_view
 from spartan_core.soft_topk_nm import group_soft_backward
 
-if TYPE_CHECKING:
-    from spartan_core.methods import Method
+
+class MaskMethod(Protocol):
+    """What a parametrization needs of its sparsification method (``spartan_core.methods``)."""
+
+    name: str
+    soft: bool  # whether the layers hold a soft mask
+
+    def forward(self, weight: Tensor, layer: MaskParametrization) -> Tensor:
+        """The weight the layer uses in its forward pass."""
+        ...
 
 
 class DualGroup:
@@ -105,8 +113,35 @@ class DualGroup:
         }
 
     def load_scalars(self, values: dict[str, float]) -> None:
+        """Restore what :meth:`scalars` gave."""
         for key in ("fraction", "beta", "scale", "dual", "threshold", "s_cost"):
             setattr(self, key, float(values[key]))
+
+    def record(
+        self,
+        fraction: float,
+        beta: float,
+        *,
+        scale: float = 1.0,
+        dual: float = -math.inf,
+        threshold: float = -math.inf,
+        s_cost: float = 0.0,
+        iterations: int = 0,
+    ) -> None:
+        """The outcome of a mask update; the defaults are those of a group that keeps all."""
+        self.fraction, self.beta, self.scale = fraction, beta, scale
+        self.dual, self.threshold = float(dual), float(threshold)
+        self.s_cost, self.iterations = s_cost, int(iterations)
+
+    def open_node(self, weights: Sequence[Tensor]) -> Tensor:
+        """The dual node of the coming forward pass (``node``), with a fresh ``pending``."""
+        self.pending = PendingGrads()
+        self.node = DualNode.apply(self, self.pending, *weights)
+        return self.node
+
+    def close_node(self) -> None:
+        """Forget the dual node of the last forward pass."""
+        self.node = self.pending = None
 
 
 class Scratch:
@@ -154,7 +189,7 @@ class MaskParametrization(nn.Module):
         weight: Tensor,
         block_shape: BlockShape,
         cost: float,
-        method: Method,
+        method: MaskMethod,
         scratch: Scratch | None = None,
         nm: NMShape | None = None,
     ) -> None:
@@ -207,6 +242,97 @@ class MaskParametrization(nn.Module):
         if out is None:
             return summed
         return out.copy_(summed)
+
+    def unit_values(self, weight: Tensor) -> tuple[Tensor, float | None]:
+        """u = v / c in a new entry-layout tensor, and the largest u when it came for free."""
+        u = weight.new_empty(self.entry_shape)
+        return u, self._unit_values_into(weight, u)[1]
+
+    def stage_unit_values(self, weight: Tensor) -> tuple[Tensor, float | Tensor, float | None]:
+        """u = v / c held in the soft buffer until :meth:`fill_soft_and_hard` (no full-size
+        copy); returns u, the sum of the values v and the largest u when it came for free."""
+        assert self.soft is not None
+        total, largest = self._unit_values_into(weight, self.soft)
+        return self.soft, total, largest
+
+    def _unit_values_into(self, weight: Tensor, out: Tensor) -> tuple[float | Tensor, float | None]:
+        """u = v / c into ``out``; the sum of v (a 0-d tensor from the PyTorch path, so that
+        GPUs are not synchronised layer by layer) and the largest u when it came for free."""
+        if self.unstructured and native.usable(weight, out):
+            total, _, high_bits = native.abs_scale(weight, out, 1.0 / self.cost)
+            return total, native.float_of_bits(high_bits)
+        values = self.entry_values(weight, out=out)
+        total = values.sum(dtype=torch.float64)
+        if self.cost != 1.0:
+            values.mul_(1.0 / self.cost)
+        return total, None
+
+    def set_hard(self, u: Tensor, threshold: float) -> None:
+        """The hard mask ``u >= threshold``, counting what it keeps where that is free."""
+        if native.usable(u, self.hard):
+            self.kept = native.ge(u, threshold, self.hard)
+        else:
+            self.kept = None
+            torch.ge(u, threshold, out=self.hard)
+
+    def fill_soft_and_hard(self, slope: float, dual: float, threshold: float) -> float:
+        """From the staged unit values u: h = (u >= threshold) and m = sigmoid(b (u - lam)),
+        b = ``slope``, in place of u; returns sum m (1 - m) over the layer's entries."""
+        soft = self.soft
+        assert soft is not None
+        if native.usable(soft, self.hard):
+            s_sum, self.kept = native.fill_masks(
+                soft, slope, -slope * dual, threshold, soft, self.hard
+            )
+            return s_sum
+        self.kept = None
+        torch.ge(soft, threshold, out=self.hard)
+        # m = sigmoid(b (u - lam)) = (1 + tanh(b (u - lam) / 2)) / 2: tanh is the faster kernel
+        offset = soft.new_tensor(-0.5 * slope * dual)
+        torch.add(offset, soft, alpha=0.5 * slope, out=soft).tanh_()
+        torch.add(soft.new_tensor(0.5), soft, alpha=0.5, out=soft)
+        # sum of m (1 - m): every term is >= 0, so no cancellation when m saturates
+        s = torch.addcmul(soft, soft, soft, value=-1.0, out=self.scratch.like(soft))
+        return float(s.sum())
+
+    def set_nm_masks(
+        self, hard: Tensor, kept: int, soft: Tensor | None = None, dual: Tensor | None = None
+    ) -> None:
+        """An N:M layer's masks from (G, m) groups: the hard mask keeping ``kept`` weights
+        and, for soft methods, the soft mask and each group's dual (G,)."""
+        assert self.nm is not None
+        m = self.nm[1]
+        if soft is not None:
+            assert self.soft is not None and self.nm_dual is not None and dual is not None
+            group_view(self.soft, m).copy_(soft)
+            self.nm_dual.copy_(dual)
+        group_view(self.hard, m).copy_(hard)
+        self.kept = kept
+
+    def keep_all(self) -> None:
+        """Masks that keep every entry (N:M duals at -inf)."""
+        self.hard.fill_(True)
+        self.kept = self.n_entries
+        if self.soft is not None:
+            self.soft.fill_(1.0)
+        if self.nm_dual is not None:
+            self.nm_dual.fill_(-math.inf)
+
+    def remember_floor(self, threshold: float) -> None:
+        """The unit value of the layer's floor, reused by the next updates."""
+        self.floor = threshold
+
+    def forget_floor(self) -> None:
+        """Select the layer's floor anew at the next update."""
+        self.floor = -math.inf
+
+    def freeze(self) -> None:
+        """Fix the masks for fine-tuning: the soft mask becomes M = m * h (soft values on the
+        survivors, zeros elsewhere)."""
+        if self.soft is not None:
+            with torch.no_grad():
+                self.soft.mul_(self.hard)
+        self.frozen = True
 
     def expand(self, mask: Tensor) -> Tensor:
         """An entry-layout mask broadcast to the weight's shape (a new tensor)."""

@@ -28,23 +28,18 @@ import torch
 from torch import Tensor
 
 from spartan_core import native
+from spartan_core.dual import hard_threshold_and_dual
 from spartan_core.masking import (
     DualGroup,
-    DualNode,
     MaskParametrization,
     NMSoftMask,
-    PendingGrads,
     SoftMask,
     StraightThrough,
     masked_product,
 )
 from spartan_core.nm import group_view, kept_count, nm_hard_mask, sort_groups
-from spartan_core.soft_topk import (
-    hard_threshold,
-    hard_threshold_and_dual,
-    top_threshold_unchecked,
-)
 from spartan_core.soft_topk_nm import cold_start_duals, solve_group_duals
+from spartan_core.threshold import hard_threshold, top_threshold_unchecked
 
 logger = logging.getLogger(__name__)
 
@@ -93,10 +88,10 @@ class Method:
 
     def freeze(self, layer: MaskParametrization) -> None:
         """Fix the layer's mask for fine-tuning (forward and gradient masked)."""
-        layer.frozen = True
+        layer.freeze()
 
     def dual_node(self, group: DualGroup, weights: Sequence[Tensor]) -> Tensor | None:
-        """The group's dual node for the coming forward pass, if the method needs one."""
+        """Open the group's dual node for the coming forward pass, if the method needs one."""
         return None
 
 
@@ -123,29 +118,8 @@ def get_method(name: str) -> Method:
 
 def _keep_all(group: DualGroup, fraction: float, beta: float) -> None:
     for layer in group.layers:
-        layer.hard.fill_(True)
-        layer.kept = layer.n_entries
-        if layer.soft is not None:
-            layer.soft.fill_(1.0)
-    group.fraction, group.beta = fraction, beta
-    group.dual = group.threshold = -math.inf
-    group.scale, group.s_cost, group.iterations = 1.0, 0.0, 0
-
-
-def _unit_values_into(
-    layer: MaskParametrization, weight: Tensor, out: Tensor
-) -> tuple[float | Tensor, float | None]:
-    """u = v / c into ``out`` (entry layout); returns the sum of the values v (a 0-d tensor
-    from the PyTorch path, so that GPUs are not synchronised layer by layer) and the largest
-    u when it came for free (else None)."""
-    if layer.unstructured and native.usable(weight, out):
-        total, _, high_bits = native.abs_scale(weight, out, 1.0 / layer.cost)
-        return total, native.float_of_bits(high_bits)
-    values = layer.entry_values(weight, out=out)
-    total = values.sum(dtype=torch.float64)
-    if layer.cost != 1.0:
-        values.mul_(1.0 / layer.cost)
-    return total, None
+        layer.keep_all()
+    group.record(fraction, beta)
 
 
 def _raise_floor(
@@ -176,7 +150,7 @@ def _raise_floor(
         if math.isfinite(layer.floor) and kept >= _FLOOR_SLACK * count:
             continue
         if not math.isfinite(layer.floor):
-            layer.floor = top_threshold_unchecked(u, count)
+            layer.remember_floor(top_threshold_unchecked(u, count))
         floored.append((layer, u, count))
     if not floored:
         return
@@ -192,7 +166,7 @@ def _raise_floor(
             u.masked_fill_(chosen, boost)
         low, high = _FLOOR_BAND
         if not low * count <= raised <= high * count:
-            layer.floor = -math.inf  # select exactly at the next update
+            layer.forget_floor()
 
 
 def _nm_values(layer: MaskParametrization, weight: Tensor) -> tuple[Tensor, float]:
@@ -207,13 +181,6 @@ def _nm_values(layer: MaskParametrization, weight: Tensor) -> tuple[Tensor, floa
     if not math.isfinite(total):
         raise ValueError(f"weights: {layer.name} holds NaN or infinite values")
     return values, total
-
-
-def _nm_scalars(group: DualGroup, fraction: float, beta: float, scale: float = 1.0) -> None:
-    """The group's scalars for an N:M layer: no shared dual or threshold, no coupling."""
-    group.fraction, group.beta, group.scale = fraction, beta, scale
-    group.dual = group.threshold = -math.inf
-    group.s_cost, group.iterations = 0.0, 0
 
 
 def _logit(p: float) -> float:
@@ -245,10 +212,9 @@ class Spartan(Method):
             _keep_all(group, fraction, beta)
             return
         layers = group.layers
-        # The soft buffers hold the unit values until the dual is known: no full-size copy.
-        value_sums, maxima = zip(
+        units, value_sums, maxima = zip(
             *(
-                _unit_values_into(layer, weight, layer.soft)
+                layer.stage_unit_values(weight)
                 for layer, weight in zip(layers, weights, strict=True)
             ),
             strict=True,
@@ -258,40 +224,27 @@ class Spartan(Method):
         # Scaling the unit values by 1 / S is the same as dividing beta by S: slope b = beta / S.
         scale = total_value / total_cost if value_scale == "mean" and total_value > 0 else 1.0
         slope = beta / scale
-        floor = layer_floor * fraction
-        _raise_floor(layers, [layer.soft for layer in layers], floor, 64.0 / slope, maxima)
-        segments = [(layer.soft.view(-1), layer.cost) for layer in layers]
-        budget = fraction * total_cost
+        _raise_floor(layers, units, layer_floor * fraction, 64.0 / slope, maxima)
+        segments = [(u.view(-1), layer.cost) for u, layer in zip(units, layers, strict=True)]
         threshold, dual, iterations = hard_threshold_and_dual(
             segments,
-            budget,
+            fraction * total_cost,
             slope,
             threshold_init=_warm(group.threshold),
             dual_init=_warm(group.dual),
         )
-        # m = sigmoid(b (u - lam)) = (1 + tanh(b (u - lam) / 2)) / 2: tanh is the faster kernel
-        offset = layers[0].soft.new_tensor(-0.5 * slope * dual)
-        half = layers[0].soft.new_tensor(0.5)
         s_cost = 0.0
         for layer in layers:
-            soft = layer.soft
-            if native.usable(soft, layer.hard):
-                shift = -slope * dual
-                s_sum, layer.kept = native.fill_masks(
-                    soft, slope, shift, threshold, soft, layer.hard
-                )
-                s_cost += layer.cost * s_sum
-                continue
-            layer.kept = None
-            torch.ge(soft, threshold, out=layer.hard)
-            torch.add(offset, soft, alpha=0.5 * slope, out=soft).tanh_()
-            torch.add(half, soft, alpha=0.5, out=soft)
-            # sum of m (1 - m): every term is >= 0, so no cancellation when m saturates
-            s = torch.addcmul(soft, soft, soft, value=-1.0, out=layer.scratch.like(soft))
-            s_cost += layer.cost * float(s.sum())
-        group.fraction, group.beta, group.scale = fraction, beta, scale
-        group.dual, group.threshold = float(dual), float(threshold)
-        group.s_cost, group.iterations = s_cost, int(iterations)
+            s_cost += layer.cost * layer.fill_soft_and_hard(slope, dual, threshold)
+        group.record(
+            fraction,
+            beta,
+            scale=scale,
+            dual=dual,
+            threshold=threshold,
+            s_cost=s_cost,
+            iterations=iterations,
+        )
 
     def update_nm(
         self, group: DualGroup, weight: Tensor, kept: float, beta: float, *, value_scale: str
@@ -302,10 +255,8 @@ class Spartan(Method):
         values, total = _nm_values(layer, weight)
         if kept >= m - _NM_FULL_SLACK:
             _keep_all(group, 1.0, beta)
-            layer.nm_dual.fill_(-math.inf)
             return
         count = kept_count(kept, m)
-        layer.kept = count * values.shape[0]
         units = values if layer.cost == 1.0 else values / layer.cost  # (G, m)
         scale = total / (layer.cost * values.numel()) if value_scale == "mean" else 1.0
         scale = scale if scale > 0.0 else 1.0
@@ -318,11 +269,9 @@ class Spartan(Method):
             start = torch.where(torch.isfinite(layer.nm_dual), layer.nm_dual + shift, start)
         tol = _NM_TOL[layer.soft.dtype == torch.float64]
         dual, soft, iterations = solve_group_duals(units, kept, slope, start=start, tol=tol)
-        group_view(layer.soft, m).copy_(soft)
-        group_view(layer.hard, m).copy_(nm_hard_mask(values, count, order=order))
-        layer.nm_dual.copy_(dual)
-        _nm_scalars(group, kept / m, beta, scale)
-        group.iterations = iterations
+        hard = nm_hard_mask(values, count, order=order)
+        layer.set_nm_masks(hard, count * values.shape[0], soft=soft, dual=dual)
+        group.record(kept / m, beta, scale=scale, iterations=iterations)
 
     def forward(self, weight: Tensor, layer: MaskParametrization) -> Tensor:
         if layer.frozen:
@@ -332,18 +281,12 @@ class Spartan(Method):
         group = layer.group
         return SoftMask.apply(weight, group.node if group is not None else None, layer)
 
-    def freeze(self, layer: MaskParametrization) -> None:
-        with torch.no_grad():
-            layer.soft.mul_(layer.hard)  # M = m * h: soft values on survivors, zeros elsewhere
-        layer.frozen = True
-
     def dual_node(self, group: DualGroup, weights: Sequence[Tensor]) -> Tensor | None:
         if any(layer.nm is not None for layer in group.layers):
             return None  # every N:M group is its own budget: nothing to couple
         if not group.coupled or any(layer.frozen for layer in group.layers):
             return None
-        group.pending = PendingGrads()
-        return DualNode.apply(group, group.pending, *weights)
+        return group.open_node(weights)
 
 
 class _HardMethod(Method):
@@ -362,22 +305,20 @@ class _HardMethod(Method):
         if fraction >= 1.0:
             _keep_all(group, fraction, beta)
             return
-        units, maxima = [], []
-        for layer, weight in zip(group.layers, weights, strict=True):
-            units.append(weight.new_empty(layer.entry_shape))
-            maxima.append(_unit_values_into(layer, weight, units[-1])[1])
+        units, maxima = zip(
+            *(
+                layer.unit_values(weight)
+                for layer, weight in zip(group.layers, weights, strict=True)
+            ),
+            strict=True,
+        )
         _raise_floor(group.layers, units, layer_floor * fraction, 1.0, maxima)
         total_cost = sum(layer.cost * layer.n_entries for layer in group.layers)
         segments = [(u.view(-1), layer.cost) for u, layer in zip(units, group.layers, strict=True)]
         threshold = hard_threshold(segments, fraction * total_cost, init=_warm(group.threshold))
         for layer, u in zip(group.layers, units, strict=True):
-            if native.usable(u, layer.hard):
-                layer.kept = native.ge(u, threshold, layer.hard)
-            else:
-                layer.kept = None
-                torch.ge(u, threshold, out=layer.hard)
-        group.fraction, group.beta = fraction, beta
-        group.threshold = float(threshold)
+            layer.set_hard(u, threshold)
+        group.record(fraction, beta, threshold=threshold)
 
     def update_nm(
         self, group: DualGroup, weight: Tensor, kept: float, beta: float, *, value_scale: str
@@ -387,9 +328,8 @@ class _HardMethod(Method):
         m = layer.nm[1]
         values, _ = _nm_values(layer, weight)
         count = kept_count(kept, m)
-        group_view(layer.hard, m).copy_(nm_hard_mask(values, count))
-        layer.kept = count * values.shape[0]
-        _nm_scalars(group, min(1.0, kept / m), beta)
+        layer.set_nm_masks(nm_hard_mask(values, count), count * values.shape[0])
+        group.record(min(1.0, kept / m), beta)
 
 
 @register_method

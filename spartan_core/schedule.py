@@ -9,11 +9,15 @@ next call. With T total steps:
 
 Both schedules use the same progress curve p(x) for x in [0, 1]:
 linear p(x) = x, cosine p(x) = (1 - cos(pi * x)) / 2.
+
+``Schedule`` binds one run's settings to these functions: the Sparsifier reads the cost
+fraction, beta and the N:M kept mass of every step from it.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 
 def warmup_steps(total_steps: int, warmup_frac: float, finetune_frac: float = 0.0) -> int:
@@ -106,6 +110,78 @@ def beta_at(
     if step >= f:
         return float(beta_max)
     return beta_init * (beta_max / beta_init) ** progress(step / f, annealing)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The schedules of one run of T = ``total_steps`` steps (see the module docstring).
+
+    Attributes:
+        total_steps: T.
+        target: the kept cost fraction f reached at the end of warm-up.
+        beta_init: beta at step 0.
+        beta_max: beta from fine-tune start on (for blocks, already times sqrt(r * c)).
+        warmup_frac: fraction of the steps over which f anneals from 1 to ``target``.
+        finetune_frac: fraction of the steps, at the end, with the masks frozen.
+        annealing: ``linear`` or ``cosine``.
+        nm: (n, m) for N:M structure, whose groups keep the mass :meth:`nm_kept`.
+    """
+
+    total_steps: int
+    target: float
+    beta_init: float
+    beta_max: float
+    warmup_frac: float
+    finetune_frac: float
+    annealing: str = "cosine"
+    nm: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        _check_total(self.total_steps)
+
+    @property
+    def warmup_steps(self) -> int:
+        """W: the step from which the cost fraction is at its target."""
+        return warmup_steps(self.total_steps, self.warmup_frac, self.finetune_frac)
+
+    @property
+    def freeze_step(self) -> int:
+        """F: the step at which the masks freeze (fine-tune start)."""
+        return freeze_step(self.total_steps, self.finetune_frac)
+
+    def cost_fraction(self, step: int) -> float:
+        """Kept cost fraction f at ``step`` (:func:`cost_fraction_at`)."""
+        return cost_fraction_at(
+            step,
+            total_steps=self.total_steps,
+            target=self.target,
+            warmup_frac=self.warmup_frac,
+            finetune_frac=self.finetune_frac,
+            annealing=self.annealing,
+        )
+
+    def beta(self, step: int) -> float:
+        """Inverse temperature at ``step`` (:func:`beta_at`)."""
+        return beta_at(
+            step,
+            total_steps=self.total_steps,
+            beta_init=self.beta_init,
+            beta_max=self.beta_max,
+            finetune_frac=self.finetune_frac,
+            annealing=self.annealing,
+        )
+
+    def nm_kept(self, step: int) -> float:
+        """Kept mass per N:M group at ``step`` (:func:`nm_kept_at`)."""
+        assert self.nm is not None
+        return nm_kept_at(
+            step,
+            total_steps=self.total_steps,
+            nm=self.nm,
+            warmup_frac=self.warmup_frac,
+            finetune_frac=self.finetune_frac,
+            annealing=self.annealing,
+        )
 
 
 def _check_total(total_steps: int) -> None:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -38,24 +39,43 @@ from torch.nn.utils import parametrize
 from torch.utils.hooks import RemovableHandle
 
 from spartan_core.blocks import block_grid, expand_block_mask, num_entries
-from spartan_core.config import SparsifierConfig, resolve_cost_model
+from spartan_core.config import SparsifierConfig
 from spartan_core.costs import CostModel, LayerCost, price_targets
 from spartan_core.distribution import LayerInfo, get_distribution
 from spartan_core.layers import MaskTarget, find_targets, get_submodule, maskable_targets
 from spartan_core.masking import DualGroup, MaskParametrization, Scratch
 from spartan_core.methods import get_method
 from spartan_core.nm import check_nm_tiling, nm_target
-from spartan_core.schedule import (
-    beta_at,
-    cost_fraction_at,
-    freeze_step,
-    nm_kept_at,
-    warmup_steps,
-)
+from spartan_core.schedule import Schedule
 
 logger = logging.getLogger(__name__)
 
 STATE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class SparsifierSummary:
+    """Where a Sparsifier stands: its schedule at the current step and what its masks keep.
+
+    Attributes:
+        step: completed ``step()`` calls.
+        cost_fraction: the scheduled kept fraction of the whole model's maskable cost.
+        kept_cost_fraction: the fraction the hard masks keep now (dense layers at full cost).
+        beta: the scheduled inverse temperature.
+        kept_weights: weights the hard masks keep, over the masked layers.
+        masked_weights: weights of the masked layers.
+        dual_iterations: the most solver iterations a group's last dual solve took.
+        frozen: whether the masks are frozen (fine-tuning).
+    """
+
+    step: int
+    cost_fraction: float
+    kept_cost_fraction: float
+    beta: float
+    kept_weights: int
+    masked_weights: int
+    dual_iterations: int
+    frozen: bool
 
 
 class Sparsifier:
@@ -85,7 +105,7 @@ class Sparsifier:
         self.total_steps = total_steps
         self.method = get_method(config.method)
         self._distribution = get_distribution(config.distribution)
-        self.cost_model: CostModel = resolve_cost_model(config.cost_model)
+        self.cost_model: CostModel = config.cost_model
 
         # Validate everything before touching the model.
         self.targets: list[MaskTarget] = find_targets(model, config.include, config.exclude)
@@ -117,6 +137,16 @@ class Sparsifier:
             LayerInfo(t.name, t.shape, costs[t.name].per_entry * num_entries(t, config.block_shape))
             for t in self.targets
         ]
+        self.schedule = Schedule(
+            total_steps,
+            self.target,
+            beta_init=config.beta_init,
+            beta_max=config.beta_max_effective,
+            warmup_frac=config.warmup_frac,
+            finetune_frac=config.finetune_frac,
+            annealing=config.annealing,
+            nm=config.nm,
+        )
 
         self.layers: list[MaskParametrization] = []
         self._scratch = Scratch()
@@ -153,38 +183,22 @@ class Sparsifier:
     @property
     def warmup_steps(self) -> int:
         """W: the step from which the cost fraction is at its target."""
-        return warmup_steps(self.total_steps, self.config.warmup_frac, self.config.finetune_frac)
+        return self.schedule.warmup_steps
 
     @property
     def freeze_step(self) -> int:
         """F: the step at which the masks freeze (fine-tune start)."""
-        return freeze_step(self.total_steps, self.config.finetune_frac)
+        return self.schedule.freeze_step
 
     @property
     def cost_fraction(self) -> float:
         """Scheduled kept fraction of the whole model's maskable cost at the current step."""
-        c = self.config
-        return cost_fraction_at(
-            self._step,
-            total_steps=self.total_steps,
-            target=self.target,
-            warmup_frac=c.warmup_frac,
-            finetune_frac=c.finetune_frac,
-            annealing=c.annealing,
-        )
+        return self.schedule.cost_fraction(self._step)
 
     @property
     def beta(self) -> float:
         """Scheduled inverse temperature at the current step."""
-        c = self.config
-        return beta_at(
-            self._step,
-            total_steps=self.total_steps,
-            beta_init=c.beta_init,
-            beta_max=c.beta_max_effective,
-            finetune_frac=c.finetune_frac,
-            annealing=c.annealing,
-        )
+        return self.schedule.beta(self._step)
 
     @property
     def frozen(self) -> bool:
@@ -224,7 +238,7 @@ class Sparsifier:
         self._check_live()
         with torch.no_grad():
             for group in self._groups.values():
-                group.node = group.pending = None
+                group.close_node()
             for index, layer in enumerate(self.layers):
                 original = self._original(index)
                 original.copy_(self.method.forward(original, layer))
@@ -262,19 +276,35 @@ class Sparsifier:
 
     def kept_cost_fraction(self) -> float:
         """Kept fraction of the whole model's maskable cost under the current hard masks."""
-        kept = sum(layer.cost * int(layer.hard.sum()) for layer in self.layers)
-        return (kept + self.dense_cost) / (self.masked_cost + self.dense_cost)
+        return self._kept_cost_fraction(self._kept_entries())
+
+    def summary(self) -> SparsifierSummary:
+        """The schedule at the current step and what the hard masks keep."""
+        kept = self._kept_entries()
+        weights_per_entry = [layer.block_shape[0] * layer.block_shape[1] for layer in self.layers]
+        return SparsifierSummary(
+            step=self._step,
+            cost_fraction=self.cost_fraction,
+            kept_cost_fraction=self._kept_cost_fraction(kept),
+            beta=self.beta,
+            kept_weights=sum(k * w for k, w in zip(kept, weights_per_entry, strict=True)),
+            masked_weights=sum(
+                layer.n_entries * w for layer, w in zip(self.layers, weights_per_entry, strict=True)
+            ),
+            dual_iterations=max((g.iterations for g in self._groups.values()), default=0),
+            frozen=self._frozen,
+        )
 
     def stats(self) -> dict[str, float]:
         """Numbers worth logging: step, schedule values, kept cost fraction, solver work."""
-        groups = list(self._groups.values())
+        s = self.summary()
         return {
-            "step": float(self._step),
-            "cost_fraction": self.cost_fraction,
-            "kept_cost_fraction": self.kept_cost_fraction(),
-            "beta": self.beta,
-            "dual_iterations": float(max((g.iterations for g in groups), default=0)),
-            "frozen": float(self._frozen),
+            "step": float(s.step),
+            "cost_fraction": s.cost_fraction,
+            "kept_cost_fraction": s.kept_cost_fraction,
+            "beta": s.beta,
+            "dual_iterations": float(s.dual_iterations),
+            "frozen": float(s.frozen),
         }
 
     # ----------------------------------------------------------------- state
@@ -350,11 +380,8 @@ class Sparsifier:
         for layer in self.layers:
             entry = saved[layer.name]
             key = tuple(int(i) for i in entry["group"])
-            group = self._groups.get(key)
-            if group is None:
-                group = self._groups[key] = DualGroup([self.layers[i] for i in key])
-                group.load_scalars(entry)
-            layer.group = group
+            if key not in self._groups:
+                self._group(key).load_scalars(entry)
         self._step = int(state["step"])
         self._frozen = bool(state["frozen"])
         for layer in self.layers:
@@ -455,80 +482,50 @@ class Sparsifier:
     def _update(self, step: int) -> None:
         """Recompute every mask for the schedule at ``step``."""
         c = self.config
+        beta = self.schedule.beta(step)
         if c.nm is not None:
-            self._update_nm(step)
-            return
-        fraction = self._masked_fraction(
-            cost_fraction_at(
-                step,
-                total_steps=self.total_steps,
-                target=c.target,
-                warmup_frac=c.warmup_frac,
-                finetune_frac=c.finetune_frac,
-                annealing=c.annealing,
+            kept = self.schedule.nm_kept(step)
+            with torch.no_grad():
+                for index in range(len(self.layers)):
+                    weight = self._original(index).detach()
+                    group = self._group((index,))
+                    self.method.update_nm(group, weight, kept, beta, value_scale=c.value_scale)
+            logger.debug(
+                "step %d: N:M kept %.6f per group of %d, beta %.4g", step, kept, c.nm[1], beta
             )
-        )
-        beta = beta_at(
-            step,
-            total_steps=self.total_steps,
-            beta_init=c.beta_init,
-            beta_max=c.beta_max_effective,
-            finetune_frac=c.finetune_frac,
-            annealing=c.annealing,
-        )
+            return
+        fraction = self._masked_fraction(self.schedule.cost_fraction(step))
         with torch.no_grad():
             for budget in self._distribution(self._infos, fraction):
-                group = self._groups.get(budget.layers)
-                if group is None:
-                    group = self._groups[budget.layers] = DualGroup(
-                        [self.layers[i] for i in budget.layers]
-                    )
                 weights = [self._original(i).detach() for i in budget.layers]
                 self.method.update(
-                    group,
+                    self._group(budget.layers),
                     weights,
                     budget.fraction,
                     beta,
                     value_scale=c.value_scale,
                     layer_floor=c.layer_floor,
                 )
-                for layer in group.layers:
-                    if layer.group is not group:
-                        layer.group = group
         logger.debug(
             "step %d: fraction %.6f beta %.4g groups %d", step, fraction, beta, len(self._groups)
         )
 
-    def _update_nm(self, step: int) -> None:
-        """Recompute every N:M layer's masks: each layer (each group of m) on its own."""
-        c = self.config
-        assert c.nm is not None
-        kept = nm_kept_at(
-            step,
-            total_steps=self.total_steps,
-            nm=c.nm,
-            warmup_frac=c.warmup_frac,
-            finetune_frac=c.finetune_frac,
-            annealing=c.annealing,
-        )
-        beta = beta_at(
-            step,
-            total_steps=self.total_steps,
-            beta_init=c.beta_init,
-            beta_max=c.beta_max_effective,
-            finetune_frac=c.finetune_frac,
-            annealing=c.annealing,
-        )
-        with torch.no_grad():
-            for index, layer in enumerate(self.layers):
-                key = (index,)
-                group = self._groups.get(key)
-                if group is None:
-                    group = self._groups[key] = DualGroup([layer])
-                layer.group = group
-                weight = self._original(index).detach()
-                self.method.update_nm(group, weight, kept, beta, value_scale=c.value_scale)
-        logger.debug("step %d: N:M kept %.6f per group of %d, beta %.4g", step, kept, c.nm[1], beta)
+    def _group(self, key: tuple[int, ...]) -> DualGroup:
+        """The budget group of the layers ``key`` (made on first use); its layers point to it."""
+        group = self._groups.get(key)
+        if group is None:
+            group = self._groups[key] = DualGroup([self.layers[i] for i in key])
+        for layer in group.layers:
+            layer.group = group
+        return group
+
+    def _kept_entries(self) -> list[int]:
+        """Entries each layer's hard mask keeps."""
+        return [int(layer.hard.sum()) for layer in self.layers]
+
+    def _kept_cost_fraction(self, kept: list[int]) -> float:
+        total = sum(layer.cost * k for layer, k in zip(self.layers, kept, strict=True))
+        return (total + self.dense_cost) / (self.masked_cost + self.dense_cost)
 
     def _freeze(self) -> None:
         for layer in self.layers:
@@ -539,15 +536,13 @@ class Sparsifier:
     def _before_forward(self, module: nn.Module, args: Any) -> None:
         enabled = torch.is_grad_enabled() and module.training and not self._frozen
         for key, group in self._groups.items():
-            group.pending = None
-            group.node = (
-                self.method.dual_node(group, [self._original(i) for i in key]) if enabled else None
-            )
+            group.close_node()
+            if enabled:
+                self.method.dual_node(group, [self._original(i) for i in key])
 
     def _after_forward(self, module: nn.Module, args: Any, output: Any) -> None:
         for group in self._groups.values():
-            group.node = None
-            group.pending = None
+            group.close_node()
 
     def _check_live(self) -> None:
         if self._finalized:

@@ -9,15 +9,10 @@ from spartan_core import Sparsifier
 
 def mask_stats(sparsifier: Sparsifier, maskable_weights: int) -> dict[str, Any]:
     """Weight sparsity over all maskable weights, kept cost fraction, scheduled f and beta."""
-    kept = 0
-    total = 0
-    for layer in sparsifier.layers:
-        r, c = layer.block_shape
-        kept += int(layer.hard.sum()) * r * c
-        total += layer.n_entries * r * c
+    summary = sparsifier.summary()
     return {
-        "sparsity": (total - kept) / maskable_weights,
-        "cost_fraction": sparsifier.kept_cost_fraction(),
-        "scheduled_cost_fraction": sparsifier.cost_fraction,
-        "beta": sparsifier.beta,
+        "sparsity": (summary.masked_weights - summary.kept_weights) / maskable_weights,
+        "cost_fraction": summary.kept_cost_fraction,
+        "scheduled_cost_fraction": summary.cost_fraction,
+        "beta": summary.beta,
     }

@@ -89,8 +89,18 @@ def test_plan_errors_name_the_field(
         cost_models.plan(tiny_convnet, "params", nm=(2, 4), **kwargs)  # type: ignore[arg-type]
 
 
+def test_the_sparsifier_prices_nm_weights_with_their_index_metadata() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4))
+    config = SparsifierConfig(nm=(2, 4), cost_model=cost_models.get("memory"))
+    sparsifier = Sparsifier(model, config, total_steps=4)
+    assert {layer.cost for layer in sparsifier.layers} == {4.25}  # float32 + 2 bits per kept
+    assert sparsifier.target == 0.5
+
+
 def test_report_of_a_trained_nm_model(tiny_convnet: nn.Module) -> None:
-    config = SparsifierConfig(nm=(2, 4), exclude=("conv1",), cost_model="memory", warmup_frac=0.0)
+    memory = cost_models.get("memory")
+    config = SparsifierConfig(nm=(2, 4), exclude=("conv1",), cost_model=memory, warmup_frac=0.0)
     sparsifier = Sparsifier(tiny_convnet, config, total_steps=2)
     masks = sparsifier.masks()
     sparsifier.finalize()

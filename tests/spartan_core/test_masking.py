@@ -10,7 +10,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.testing import assert_close
 
-from spartan_core import Sparsifier, SparsifierConfig, soft_topk
+from spartan_core import ParamsCost, Sparsifier, SparsifierConfig, soft_topk
 from spartan_core.blocks import BlockShape
 from spartan_core.costs import LayerCost
 from spartan_core.layers import MaskTarget
@@ -48,7 +48,7 @@ def _config(**kw: object) -> SparsifierConfig:
 
 
 @pytest.mark.parametrize("block_shape", [(1, 1), (2, 2)])
-@pytest.mark.parametrize("cost_model", ["params", TwoPrices()])
+@pytest.mark.parametrize("cost_model", [ParamsCost(), TwoPrices()])
 def test_gradcheck_of_the_coupled_chain(block_shape: BlockShape, cost_model: object) -> None:
     """SoftMask + DualNode give the exact derivative of w * m(w) (hard mask set to ones).
 

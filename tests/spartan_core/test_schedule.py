@@ -11,6 +11,7 @@ from torch import nn
 
 from spartan_core import Sparsifier, SparsifierConfig
 from spartan_core.schedule import (
+    Schedule,
     beta_at,
     cost_fraction_at,
     freeze_step,
@@ -30,6 +31,18 @@ def test_boundary_steps() -> None:
     assert warmup_steps(10, 0.0) == 0
     # warm-up never ends after the freeze
     assert warmup_steps(3, 0.4, 0.5) <= freeze_step(3, 0.5)
+
+
+def test_a_run_schedule_at_its_boundaries() -> None:
+    schedule = Schedule(T, 0.1, beta_init=1.0, beta_max=100.0, warmup_frac=0.2, finetune_frac=0.3)
+    assert (schedule.warmup_steps, schedule.freeze_step) == (20, 70)
+    assert schedule.cost_fraction(0) == 1.0 and schedule.beta(0) == 1.0
+    assert schedule.cost_fraction(20) == 0.1 and schedule.cost_fraction(T) == 0.1
+    assert schedule.beta(69) < 100.0 and schedule.beta(70) == schedule.beta(T) == 100.0
+    nm = Schedule(T, 0.5, 1.0, 10.0, warmup_frac=0.2, finetune_frac=0.3, nm=(2, 4))
+    assert (nm.nm_kept(0), nm.nm_kept(20), nm.nm_kept(T)) == (4.0, 2.0, 2.0)
+    with pytest.raises(ValueError, match=r"^total_steps: "):
+        Schedule(0, 0.1, 1.0, 10.0, warmup_frac=0.2, finetune_frac=0.2)
 
 
 @pytest.mark.parametrize("annealing", ["linear", "cosine"])

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from spartan_core import hard_threshold, hard_threshold_and_dual, soft_mask, soft_topk, solve_dual
+from spartan_core.numerics import to_bits
 from spartan_core.soft_topk import SoftTopKFunction
 
 F64 = torch.float64
@@ -492,7 +493,7 @@ def test_selection_recovers_from_bad_windows(
     fraction: float,
     first_window: str,
 ) -> None:
-    st = importlib.import_module("spartan_core.soft_topk")  # the package exports the function
+    st = importlib.import_module("spartan_core.threshold")
     monkeypatch.setattr(st, "_SORT_MIN", 8)  # windows of more than 16 entries recurse
     g = _gen(77)
     segments: list[tuple[torch.Tensor, float | torch.Tensor]] = [
@@ -510,7 +511,7 @@ def test_selection_recovers_from_bad_windows(
 
     original = st._sample_window
     bad = {
-        "above": (st._to_bits(float(all_u.max()) * 1.01 + 1e-30, dtype), 4),
+        "above": (to_bits(float(all_u.max()) * 1.01 + 1e-30, dtype), 4),
         "below": (0, 2),
     }
 

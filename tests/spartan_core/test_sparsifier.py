@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import io
 import math
-from collections.abc import Callable
 
 import pytest
 import torch
 from torch import nn
 from torch.testing import assert_close
 
-from spartan_core import ParamsCost, Sparsifier, SparsifierConfig
+from spartan_core import LayerCost, ParamsCost, Sparsifier, SparsifierConfig
 from spartan_core.methods import METHODS
+from tests.spartan_core import helpers
 
 
 def _cnn(seed: int = 0) -> nn.Module:
@@ -30,32 +29,17 @@ def _cnn(seed: int = 0) -> nn.Module:
     )
 
 
-def _batches(n: int, seed: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    g = torch.Generator().manual_seed(seed)
-    return [
-        (torch.randn(6, 1, 8, 8, generator=g), torch.randint(0, 4, (6,), generator=g))
-        for _ in range(n)
-    ]
-
-
-def _train(
-    model: nn.Module,
-    sparsifier: Sparsifier,
-    optimizer: torch.optim.Optimizer,
-    batches: list[tuple[torch.Tensor, torch.Tensor]],
-    each: Callable[[], None] | None = None,
-) -> None:
-    model.train()
-    for x, y in batches:
-        optimizer.zero_grad()
-        nn.functional.cross_entropy(model(x), y).backward()
-        optimizer.step()
-        sparsifier.step()
-        if each is not None:
-            each()
-
-
 MASKED = 4 * 9 + 8 * 36 + 16 * 128 + 4 * 16  # weights of the four maskable layers
+
+
+class _TwicePerWeight:
+    """A cost model that is not ``params``: 2 units per weight."""
+
+    name = "twice"
+    unit = "units"
+
+    def layer_costs(self, model, targets, block_shape):  # type: ignore[no-untyped-def]
+        return {t.name: LayerCost(2.0 * block_shape[0] * block_shape[1]) for t in targets}
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
@@ -69,7 +53,7 @@ def test_finalize_gives_the_exact_target_count(method: str, block_shape: tuple[i
     steps = 12
     sparsifier = Sparsifier(model, config, total_steps=steps)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    _train(model, sparsifier, optimizer, _batches(steps))
+    helpers.train(model, sparsifier, optimizer, helpers.batches(steps, 1))
     assert sparsifier.frozen
     masks = sparsifier.masks()
     model.eval()
@@ -108,19 +92,6 @@ def test_finalize_before_the_freeze_bakes_the_soft_mask() -> None:
         sparsifier.step()
 
 
-def _state(model: nn.Module, optimizer: torch.optim.Optimizer, sparsifier: Sparsifier) -> bytes:
-    buffer = io.BytesIO()
-    torch.save(
-        {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "sparsifier": sparsifier.state_dict(),
-        },
-        buffer,
-    )
-    return buffer.getvalue()
-
-
 @pytest.mark.parametrize("method", sorted(METHODS))
 @pytest.mark.parametrize("distribution", ["global", "erk"])
 def test_resume_gives_bit_identical_masks(method: str, distribution: str) -> None:
@@ -128,7 +99,6 @@ def test_resume_gives_bit_identical_masks(method: str, distribution: str) -> Non
     config = SparsifierConfig(
         method=method, target=0.15, distribution=distribution, warmup_frac=0.5, finetune_frac=0.2
     )
-    batches = _batches(steps)
 
     def build() -> tuple[nn.Module, torch.optim.Optimizer, Sparsifier]:
         model = _cnn()
@@ -136,38 +106,8 @@ def test_resume_gives_bit_identical_masks(method: str, distribution: str) -> Non
         optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
         return model, optimizer, sparsifier
 
-    def snapshot(sparsifier: Sparsifier) -> dict[str, torch.Tensor]:
-        out = {}
-        for layer in sparsifier.layers:
-            out[layer.name + ".hard"] = layer.hard.clone()
-            if layer.soft is not None:
-                out[layer.name + ".soft"] = layer.soft.clone()
-        return out
-
-    model, optimizer, sparsifier = build()
-    straight: list[dict[str, torch.Tensor]] = []
-    _train(model, sparsifier, optimizer, batches, lambda: straight.append(snapshot(sparsifier)))
-
-    model, optimizer, sparsifier = build()
-    _train(model, sparsifier, optimizer, batches[:cut])
-    saved = _state(model, optimizer, sparsifier)
-    del model, optimizer, sparsifier
-    model, optimizer, sparsifier = build()
-    state = torch.load(io.BytesIO(saved), weights_only=True)
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    sparsifier.load_state_dict(state["sparsifier"])
-    assert sparsifier.current_step == cut
-    resumed: list[dict[str, torch.Tensor]] = []
-    _train(
-        model, sparsifier, optimizer, batches[cut:], lambda: resumed.append(snapshot(sparsifier))
-    )
-    assert len(resumed) == steps - cut
-    for expected, got in zip(straight[cut:], resumed, strict=True):
-        assert expected.keys() == got.keys()
-        for key in expected:
-            assert torch.equal(expected[key], got[key]), key
-    assert sparsifier.frozen
+    resumed = helpers.assert_resume_is_bit_identical(build, helpers.batches(steps, 1), cut)
+    assert resumed.frozen
 
 
 def test_load_state_dict_rejects_a_different_sparsifier() -> None:
@@ -211,7 +151,9 @@ def test_unreachable_target_names_the_numbers() -> None:
 def test_target_one_keeps_everything() -> None:
     model = _cnn()
     sparsifier = Sparsifier(model, SparsifierConfig(target=1.0, warmup_frac=0.0), total_steps=3)
-    _train(model, sparsifier, torch.optim.SGD(model.parameters(), lr=0.01), _batches(3))
+    helpers.train(
+        model, sparsifier, torch.optim.SGD(model.parameters(), lr=0.01), helpers.batches(3, 1)
+    )
     assert all(bool(m.all()) for m in sparsifier.masks().values())
     assert sparsifier.kept_cost_fraction() == 1.0
 
@@ -231,6 +173,24 @@ def test_read_outs() -> None:
     assert stats["cost_fraction"] == 0.2 and stats["step"] == 0.0
     assert stats["kept_cost_fraction"] == pytest.approx(0.2, abs=1 / MASKED)
     assert "Sparsifier(method='spartan'" in repr(sparsifier)
+
+
+def test_summary_counts_kept_weights_and_follows_the_schedule() -> None:
+    model = _cnn()
+    config = SparsifierConfig(target=0.25, block_shape=(1, 4), exclude=["0"], warmup_frac=0.5)
+    sparsifier = Sparsifier(model, config, total_steps=4)
+    helpers.train(
+        model, sparsifier, torch.optim.SGD(model.parameters(), lr=0.01), helpers.batches(2, 1)
+    )
+    summary = sparsifier.summary()
+    kept = sum(int(m.sum()) for m in sparsifier.masks().values())
+    assert summary.kept_weights == kept
+    assert summary.masked_weights == MASKED - 4 * 9
+    assert summary.step == 2 and summary.frozen is False
+    assert summary.cost_fraction == sparsifier.schedule.cost_fraction(2) == 0.25
+    assert summary.beta == sparsifier.schedule.beta(2) == sparsifier.beta
+    assert summary.kept_cost_fraction == sparsifier.kept_cost_fraction()
+    assert sparsifier.stats()["dual_iterations"] == float(summary.dual_iterations)
 
 
 def test_a_cost_model_object_prices_the_budget() -> None:
@@ -276,6 +236,7 @@ def test_a_cost_model_object_prices_the_budget() -> None:
         ({"include": "layer1.*"}, "include"),
         ({"exclude": [""]}, "exclude"),
         ({"cost_model": ""}, "cost_model"),
+        ({"cost_model": "params"}, "cost_model"),
         ({"cost_model": 3}, "cost_model"),
         ({"value_scale": "max"}, "value_scale"),
     ],
@@ -297,10 +258,11 @@ def test_config_defaults_and_sparsity() -> None:
     assert SparsifierConfig(target=0.5, beta_max=4.0).beta_init == 4.0  # default: min(10, max)
     assert SparsifierConfig(target=0.5, beta_init=1.0).beta_init == 1.0
     assert SparsifierConfig(target=0.5, include=["a*"]).include == ("a*",)
+    assert isinstance(SparsifierConfig(target=0.5).cost_model, ParamsCost)
     with pytest.raises(ValueError, match=r"^sparsity: "):
         SparsifierConfig.from_sparsity(1.0)
     with pytest.raises(ValueError, match=r"^cost_model: "):
-        SparsifierConfig.from_sparsity(0.5, cost_model="flops")
+        SparsifierConfig.from_sparsity(0.5, cost_model=_TwicePerWeight())
     with pytest.raises(ValueError, match=r"^target: "):
         SparsifierConfig.from_sparsity(0.5, target=0.5)
 
@@ -327,9 +289,9 @@ def test_block_shape_that_does_not_tile_names_the_layer() -> None:
     assert not any(isinstance(m, nn.Module) and hasattr(m, "parametrizations") for m in model)
 
 
-def test_unknown_cost_model_name() -> None:
-    with pytest.raises(ValueError, match=r"^cost_model: "):
-        Sparsifier(_cnn(), SparsifierConfig(target=0.5, cost_model="no-such-model"), 3)
+def test_a_cost_model_name_is_resolved_by_the_caller() -> None:
+    with pytest.raises(ValueError, match=r"^cost_model: .*cost_models\.get\(name\)"):
+        SparsifierConfig(target=0.5, cost_model="flops")  # type: ignore[arg-type]
 
 
 def test_include_matching_nothing() -> None:

@@ -3,8 +3,6 @@ and the gradient of Spartan's N:M masked weight."""
 
 from __future__ import annotations
 
-import io
-
 import pytest
 import torch
 from torch import nn
@@ -14,6 +12,7 @@ from spartan_core import Sparsifier, SparsifierConfig, find_targets
 from spartan_core.masking import DualGroup, MaskParametrization, NMSoftMask
 from spartan_core.methods import METHODS, get_method
 from spartan_core.nm import group_view
+from tests.spartan_core import helpers
 
 
 def _cnn(seed: int = 0) -> nn.Module:
@@ -33,31 +32,6 @@ def _cnn(seed: int = 0) -> nn.Module:
 MASKED = 8 * 36 + 8 * 36 + 16 * 128 + 4 * 16
 
 
-def _batches(n: int, seed: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    g = torch.Generator().manual_seed(seed)
-    return [
-        (torch.randn(6, 4, 8, 8, generator=g), torch.randint(0, 4, (6,), generator=g))
-        for _ in range(n)
-    ]
-
-
-def _train(
-    model: nn.Module,
-    sparsifier: Sparsifier,
-    optimizer: torch.optim.Optimizer,
-    batches: list[tuple[torch.Tensor, torch.Tensor]],
-    each: object = None,
-) -> None:
-    model.train()
-    for x, y in batches:
-        optimizer.zero_grad()
-        nn.functional.cross_entropy(model(x), y).backward()
-        optimizer.step()
-        sparsifier.step()
-        if callable(each):
-            each()
-
-
 def _kept_per_group(weight: torch.Tensor, m: int) -> torch.Tensor:
     out = weight.shape[0]
     groups = weight.reshape(out, -1).reshape(out, -1, m)  # (out, K / m, m)
@@ -74,7 +48,7 @@ def test_finalize_gives_the_exact_pattern(method: str, nm: tuple[int, int]) -> N
     config = SparsifierConfig(method=method, nm=nm, exclude=exclude, warmup_frac=0.3)
     sparsifier = Sparsifier(model, config, total_steps=steps)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    _train(model, sparsifier, optimizer, _batches(steps))
+    helpers.train(model, sparsifier, optimizer, helpers.batches(steps, 4))
     masks = sparsifier.masks()
     model.eval()
     x = torch.randn(3, 4, 8, 8)
@@ -142,7 +116,7 @@ def test_schedule_anneals_the_kept_mass_per_group(method: str) -> None:
         )
 
     record()  # step 0: everything
-    _train(model, sparsifier, optimizer, _batches(steps), record)
+    helpers.train(model, sparsifier, optimizer, helpers.batches(steps, 4), record)
     # k(s) = 4 - 2 s / 8, the hard mask keeps ceil(k) per group
     assert counts[0] == {4}
     assert counts[2] == {4}  # k = 3.5
@@ -160,7 +134,7 @@ def test_spartan_soft_masks_keep_the_scheduled_mass_per_group() -> None:
     config = SparsifierConfig(nm=(2, 4), warmup_frac=0.5, annealing="linear")
     sparsifier = Sparsifier(model, config, total_steps=8)  # W = 4
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
-    _train(model, sparsifier, optimizer, _batches(2))  # k = 4 - 2 * 2 / 4 = 3
+    helpers.train(model, sparsifier, optimizer, helpers.batches(2, 4))  # k = 4 - 2 * 2 / 4 = 3
     for layer in sparsifier.layers:
         sums = group_view(layer.soft, 4).sum(1)
         assert_close(sums, torch.full_like(sums, 3.0), atol=1e-5, rtol=0)
@@ -189,20 +163,10 @@ def test_read_outs_and_state_keys() -> None:
     assert "target=0.5" in repr(sparsifier)
 
 
-def _state(model: nn.Module, optimizer: torch.optim.Optimizer, sparsifier: Sparsifier) -> bytes:
-    buffer = io.BytesIO()
-    torch.save(
-        {"model": model.state_dict(), "opt": optimizer.state_dict(), "sp": sparsifier.state_dict()},
-        buffer,
-    )
-    return buffer.getvalue()
-
-
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_resume_gives_bit_identical_masks(method: str) -> None:
     steps, cut = 12, 4  # the cut falls inside the warm-up
     config = SparsifierConfig(method=method, nm=(2, 4), warmup_frac=0.5, finetune_frac=0.2)
-    batches = _batches(steps)
 
     def build() -> tuple[nn.Module, torch.optim.Optimizer, Sparsifier]:
         model = _cnn()
@@ -210,40 +174,7 @@ def test_resume_gives_bit_identical_masks(method: str) -> None:
         optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
         return model, optimizer, sparsifier
 
-    def snapshot(sparsifier: Sparsifier) -> dict[str, torch.Tensor]:
-        out = {}
-        for layer in sparsifier.layers:
-            for key in ("hard", "soft", "nm_dual"):
-                if getattr(layer, key) is not None:
-                    out[f"{layer.name}.{key}"] = getattr(layer, key).clone()
-        return out
-
-    model, optimizer, sparsifier = build()
-    straight: list[dict[str, torch.Tensor]] = []
-    _train(model, sparsifier, optimizer, batches, lambda: straight.append(snapshot(sparsifier)))
-
-    model, optimizer, sparsifier = build()
-    _train(model, sparsifier, optimizer, batches[:cut])
-    saved = _state(model, optimizer, sparsifier)
-    model, optimizer, sparsifier = build()
-    state = torch.load(io.BytesIO(saved), weights_only=True)
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["opt"])
-    sparsifier.load_state_dict(state["sp"])
-    resumed: list[dict[str, torch.Tensor]] = []
-    _train(
-        model, sparsifier, optimizer, batches[cut:], lambda: resumed.append(snapshot(sparsifier))
-    )
-    for expected, got in zip(straight[cut:], resumed, strict=True):
-        assert expected.keys() == got.keys()
-        for key in expected:
-            assert torch.equal(expected[key], got[key]), key
-
-
-def test_memory_cost_model_prices_the_index_metadata() -> None:
-    sparsifier = Sparsifier(_cnn(), SparsifierConfig(nm=(2, 4), cost_model="memory"), total_steps=4)
-    assert {layer.cost for layer in sparsifier.layers} == {4.25}  # float32 + 2 bits per kept
-    assert sparsifier.target == 0.5
+    helpers.assert_resume_is_bit_identical(build, helpers.batches(steps, 4), cut)
 
 
 @pytest.mark.parametrize("cost", [1.0, 2.0])
@@ -287,8 +218,8 @@ def test_nm_on_cuda_matches_the_pattern(method: str) -> None:
     config = SparsifierConfig(method=method, nm=(2, 4), warmup_frac=0.3)
     sparsifier = Sparsifier(model, config, total_steps=6)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
-    batches = [(x.cuda(), y.cuda()) for x, y in _batches(6)]
-    _train(model, sparsifier, optimizer, batches)
+    batches = [(x.cuda(), y.cuda()) for x, y in helpers.batches(6, 4)]
+    helpers.train(model, sparsifier, optimizer, batches)
     sparsifier.finalize()
     for target in sparsifier.targets:
         kept = _kept_per_group(model.get_submodule(target.module_name).weight.detach(), 4)
