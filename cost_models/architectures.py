@@ -1,6 +1,6 @@
 """Architecture builders: any timm or torchvision classification network by name.
 
-One place builds networks for the whole project: the worker (``worker.models.create_model``),
+One place builds networks for the whole project: the worker (``runtime.models.create_model``),
 the sparse file loader (``cost_models.load_sparse`` with ``model=None``) and ``spartan
 export``. A registry maps a source name (``timm``, ``torchvision``) to a ``ModelSource``;
 ``build_model`` is the factory. Models are randomly initialised (no pretrained download ever).

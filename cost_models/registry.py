@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from cost_models.base import with_input_size
 from spartan_core.costs import CostModel
 
 T = TypeVar("T", bound=type)
@@ -90,8 +91,6 @@ def resolve(
     None means ``params``; an object that already is a cost model is used as is. With
     ``input_size``, a cost model that takes one is priced for it (unless its params name one).
     """
-    from cost_models.base import with_input_size
-
     if cost_model is None:
         cost_model = "params"
     if isinstance(cost_model, str):
