@@ -18,7 +18,7 @@ from api import errors, services
 from api.limits import BodyLimitMiddleware
 from api.metrics import Metrics, MetricsMiddleware
 from api.routes import artifacts, catalog, health, jobs, plans, uploads
-from spartan.queue import Broker, CeleryBroker
+from spartan.queue import BROKER_DOWN, Broker, CeleryBroker, resend_lost
 from spartan.settings import Settings, get_settings
 from spartan.store import get_store
 
@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings | None = None, *, broker: Broker | None = None) -> FastAPI:
-    """Build the service; at startup it re-sends queued jobs whose message may be lost.
+    """Build the service; at startup and every ``settings.resend_interval_s`` it re-sends
+    queued jobs whose message the broker lost (``spartan.queue.resend_lost``).
 
     Args:
         settings: defaults to ``get_settings()``.
@@ -57,17 +58,16 @@ def create_app(settings: Settings | None = None, *, broker: Broker | None = None
         while True:
             await asyncio.sleep(settings.resend_interval_s)
             try:
-                await run_in_threadpool(
-                    services.resend_unsent, store=store, broker=broker, settings=settings
-                )
-            except Exception:  # a store outage must not end the loop
-                log.exception("re-sending unsent jobs failed; retrying later")
+                await run_in_threadpool(resend_lost, store=store, broker=broker, settings=settings)
+            except Exception:  # a store or broker outage must not end the loop
+                log.exception("re-sending lost jobs failed; retrying later")
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        await run_in_threadpool(
-            services.requeue_lost, store=store, broker=broker, settings=settings
-        )
+        try:
+            await run_in_threadpool(resend_lost, store=store, broker=broker, settings=settings)
+        except BROKER_DOWN as exc:
+            log.warning("broker unreachable at start; lost jobs are re-sent later: %s", exc)
         resender = None
         if settings.resend_interval_s > 0:
             resender = asyncio.get_running_loop().create_task(_resend_periodically())

@@ -15,7 +15,6 @@ import os
 import re
 import tempfile
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import BinaryIO
 
@@ -53,9 +52,10 @@ def submit_job(
 
     The job is committed before its message is sent, so a worker never sees an id the store
     does not know. If the broker is down the job stays queued with no enqueue time and is
-    re-sent within ``settings.resend_interval_s`` (``resend_unsent``) or when the service
-    starts next (``requeue_lost``). A repeated idempotency key returns
-    the first job; reusing a key with a different body is a 409.
+    sent by the next reconcile (``spartan.queue.resend_lost``: the API's every
+    ``settings.resend_interval_s`` and at start, every worker's every
+    ``settings.reconcile_interval_s``). A repeated idempotency key returns the first job,
+    also to concurrent submissions; reusing a key with a different body is a 409.
     """
     validate(spec)
     body = spec.model_dump(mode="json")
@@ -74,37 +74,6 @@ def submit_job(
     except BROKER_DOWN as exc:
         log.warning("job %s stored but not enqueued (broker unreachable: %s)", job.id, exc)
     return job, True
-
-
-def requeue_lost(
-    *, store: JobStore, broker: Broker, older_than: datetime | None = None, settings: Settings
-) -> list[str]:
-    """Re-send queued jobs whose message may be lost; returns their ids.
-
-    Picks jobs never enqueued and jobs last enqueued before ``older_than`` (default: now minus
-    ``settings.requeue_after_s``). Workers ignore a duplicate message for a finished job, so
-    resending is safe.
-    """
-    if older_than is None:
-        older_than = datetime.now(UTC) - timedelta(seconds=settings.requeue_after_s)
-    sent = []
-    for job in store.stale_queued(older_than=older_than):
-        try:
-            send_job(job, store=store, broker=broker, settings=settings)
-        except BROKER_DOWN as exc:
-            log.warning("could not re-enqueue job %s: %s", job.id, exc)
-            break
-        sent.append(job.id)
-    if sent:
-        log.info("re-enqueued %d queued job(s): %s", len(sent), ", ".join(sent))
-    return sent
-
-
-def resend_unsent(*, store: JobStore, broker: Broker, settings: Settings) -> list[str]:
-    """Send the queued jobs that were never enqueued (the broker was down when they were
-    submitted); returns their ids. Run periodically while the service is up."""
-    never = datetime.min.replace(tzinfo=UTC)  # no enqueue time is earlier: only unsent jobs
-    return requeue_lost(store=store, broker=broker, older_than=never, settings=settings)
 
 
 def get_owned_job(store: JobStore, *, job_id: str, owner: str) -> Job:

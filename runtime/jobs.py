@@ -31,6 +31,7 @@ from typing import Any, Literal
 from sqlalchemy.exc import SQLAlchemyError
 
 from runtime.training import TrainHooks, run_training
+from spartan.lease import holder_gone, holder_id, lease_expired, renew_interval_s
 from spartan.queue import Broker, CeleryBroker, send_job
 from spartan.resolve import artifact_dir, checkpoint_path
 from spartan.settings import Settings, get_settings
@@ -66,12 +67,27 @@ def execute_job(
     if job.finished:
         log.info("job %s is already %s; duplicate delivery ignored", job_id, job.status)
         return "noop"
-    if _running_elsewhere(job, worker, settings):
-        log.warning("job %s is running on %s; duplicate delivery ignored", job_id, job.worker)
-        return "duplicate"
-    started = store.start_attempt(job_id=job_id, worker=worker)
+    if job.status == "running":
+        alive, seen = _claimant_alive(job, worker=worker, store=store, settings=settings)
+        if seen is None:
+            return "noop"
+        if alive:
+            log.warning("job %s is running on %s; duplicate delivery ignored", job_id, seen.worker)
+            return "duplicate"
+        job = seen
+    started = store.start_attempt(
+        job_id=job_id,
+        worker=worker,
+        holder=holder_id(),
+        lease_s=settings.lease_ttl_s,
+        expected=job,
+    )
     if started is None:
-        return "noop"
+        again = store.get_job(job_id=job_id)
+        if again is None or again.finished:
+            return "noop"
+        log.warning("job %s: claimed by %s first; duplicate ignored", job_id, again.worker)
+        return "duplicate"
     if started.attempts > settings.max_delivery_attempts:
         store.finish(
             job_id=job_id,
@@ -139,30 +155,63 @@ def short_reason(exc: BaseException) -> str:
     return reason[:500]
 
 
-def _running_elsewhere(job: Job, worker: str, settings: Settings) -> bool:
-    """A running job last heard of recently, on another worker node: a duplicate message."""
-    if job.status != "running" or job.worker is None:
-        return False
-    if job.worker.rsplit("/", 1)[0] == worker.rsplit("/", 1)[0]:
-        # Same node: with one job per worker, the previous process there is gone.
-        return False
-    updated = job.updated_at if job.updated_at.tzinfo else job.updated_at.replace(tzinfo=UTC)
-    return (datetime.now(UTC) - updated).total_seconds() < settings.heartbeat_timeout_s
+def _claimant_alive(
+    job: Job, *, worker: str, store: JobStore, settings: Settings
+) -> tuple[bool, Job | None]:
+    """A message for a running job: is the process holding it alive? Returns (alive, the
+    snapshot decided on: the one to take over from when not alive; None if it finished).
+
+    Decided from the claimant itself (``spartan.lease``), never from the age of its progress:
+
+    - the same Celery node as this worker: with one job per worker, its process there ended;
+    - a process of this machine that no longer runs: gone at once;
+    - otherwise its lease is watched until it is renewed (alive) or expires (gone), at most
+      ``lease_ttl_s`` plus two renewals.
+    """
+    deadline = time.monotonic() + settings.lease_ttl_s + 2 * renew_interval_s(settings)
+    first = job.lease_expires_at
+    while True:
+        if job.status != "running":
+            return False, job
+        if job.worker is not None and job.worker.rsplit("/", 1)[0] == worker.rsplit("/", 1)[0]:
+            return False, _gone(job, "its worker node runs this delivery")
+        if holder_gone(job.lease_holder):
+            return False, _gone(job, "its process no longer runs")
+        if lease_expired(job, settings=settings):
+            return False, _gone(job, "its lease expired")
+        if job.lease_expires_at is None or job.lease_expires_at != first:
+            return True, job  # renewed (or an older worker's fresh progress)
+        if time.monotonic() > deadline:
+            return True, job  # not renewed, not expired: a skewed clock; the reclaimer decides
+        time.sleep(min(0.5, renew_interval_s(settings)))
+        again = store.get_job(job_id=job.id)
+        if again is None or again.finished:
+            return False, None
+        if again.attempts != job.attempts or again.lease_holder != job.lease_holder:
+            first = again.lease_expires_at  # claimed again meanwhile: watch the new claim
+        job = again
+
+
+def _gone(job: Job, why: str) -> Job:
+    log.warning("job %s: taking it over from %s (%s)", job.id, job.lease_holder or job.worker, why)
+    return job
 
 
 class JobMonitor:
     """The training hooks of a job: progress to the store, stop requests from it and SIGTERM.
 
-    A heartbeat thread re-writes the last progress every ``progress_interval_s`` while the job
-    runs (also while the model and data are being built), so ``updated_at`` stays fresh as
-    long as the process lives; ``worker.reclaim`` re-queues jobs whose heartbeat stopped.
+    A heartbeat thread renews the job's lease and re-writes the last progress every
+    ``spartan.lease.renew_interval_s`` while the job runs (also while the model and data are
+    being built), so the lease stays valid exactly as long as this process lives;
+    ``worker.reclaim`` re-queues jobs whose lease ran out.
     """
 
     def __init__(self, *, store: JobStore, job: Job, settings: Settings) -> None:
         self.store = store
         self.job_id = job.id
         self.attempt = job.attempts
-        self.interval_s = settings.progress_interval_s
+        self.interval_s = renew_interval_s(settings)
+        self.lease_s = settings.lease_ttl_s
         self.poll_s = min(CANCEL_POLL_S, settings.progress_interval_s)
         self.reason: Literal["cancel", "preempt", "abandon"] | None = None
         self.detail = ""
@@ -191,7 +240,9 @@ class JobMonitor:
     def _write(self) -> None:
         with self._lock:
             progress = {**self._last, "updated_at": datetime.now(UTC).isoformat()}
-        self.store.update_progress(job_id=self.job_id, progress=progress)
+        self.store.heartbeat(
+            job_id=self.job_id, attempt=self.attempt, lease_s=self.lease_s, progress=progress
+        )
 
     def _beat(self) -> None:
         while not self._done.wait(self.interval_s):

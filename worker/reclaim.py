@@ -1,12 +1,15 @@
-"""Re-queue jobs whose worker died without a word (SIGKILL, power loss, a lost node).
+"""The worker's reconciler: the store is the source of truth, the broker is made to agree.
 
-A running job's worker writes progress at a bounded rate, which bumps the job's
-``updated_at``: the heartbeat. When a whole worker dies, its job stays ``running`` and its
-broker message is either invisible for the visibility timeout (Redis, days for long jobs) or
-gone (the SQLAlchemy transport marks delivered messages invisible for good). So every worker
-runs ``Reclaimer`` in its parent process: a thread that finds running jobs silent for longer than
-``settings.heartbeat_timeout_s``, puts them back to queued (one conditional update, so only
-one reclaimer wins) and sends them again; the next delivery resumes from the checkpoint.
+Every worker runs ``Reclaimer`` in its parent process: a thread that, every
+``settings.reconcile_interval_s``,
+
+- re-queues running jobs whose process is gone (``spartan.lease.is_lost``: its lease was not
+  renewed for ``lease_ttl_s``, or it was a process of this machine that no longer runs) with
+  one conditional update (so only one reclaimer wins, and a job claimed again meanwhile is
+  left alone), and sends them again ahead of new jobs; the next delivery resumes from the
+  checkpoint. This is what finds a whole worker killed (its message sits unacknowledged in
+  Redis for the visibility timeout, or the SQLAlchemy transport keeps it invisible for good);
+- re-sends queued jobs whose message the broker lost (``spartan.queue.resend_lost``).
 
 No torch here: this runs in the worker's parent process.
 """
@@ -15,11 +18,12 @@ from __future__ import annotations
 
 import logging
 import threading
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from spartan.queue import BROKER_DOWN, Broker, send_job
+from spartan.lease import is_lost
+from spartan.queue import BROKER_DOWN, Broker, resend_lost, send_job
 from spartan.settings import Settings
 from spartan.store import JobStore
 
@@ -32,27 +36,38 @@ TRANSIENT = (SQLAlchemyError, *BROKER_DOWN)
 def reclaim_lost_jobs(
     *, store: JobStore, broker: Broker, settings: Settings, now: datetime | None = None
 ) -> list[str]:
-    """Re-queue and re-send running jobs silent for ``heartbeat_timeout_s``; their ids."""
+    """Re-queue and re-send running jobs whose process is gone; their ids."""
     now = now or datetime.now(UTC)
-    cutoff = now - timedelta(seconds=settings.heartbeat_timeout_s)
     reclaimed = []
-    for job in store.stale_running(older_than=cutoff):
-        if not store.requeue_stale(job_id=job.id, older_than=cutoff):
-            continue  # it reported meanwhile, or another reclaimer won
+    for job in store.running_jobs():
+        if not is_lost(job, settings=settings, now=now):
+            continue
+        if not store.requeue_dead(job=job):
+            continue  # claimed again meanwhile, or another reclaimer won
         queue = send_job(job, store=store, broker=broker, settings=settings)
         log.warning(
-            "job %s: no progress from worker %s since %s; re-queued on %s",
+            "job %s: its process %s (worker %s) is gone (lease until %s); re-queued on %s",
             job.id,
+            job.lease_holder,
             job.worker,
-            job.updated_at.isoformat(),
+            job.lease_expires_at.isoformat() if job.lease_expires_at else None,
             queue,
         )
         reclaimed.append(job.id)
     return reclaimed
 
 
+def reconcile(
+    *, store: JobStore, broker: Broker, settings: Settings, now: datetime | None = None
+) -> tuple[list[str], list[str]]:
+    """One round: (jobs reclaimed from dead processes, queued jobs re-sent)."""
+    reclaimed = reclaim_lost_jobs(store=store, broker=broker, settings=settings, now=now)
+    resent = resend_lost(store=store, broker=broker, settings=settings, now=now)
+    return reclaimed, resent
+
+
 class Reclaimer:
-    """A daemon thread calling ``reclaim_lost_jobs`` every ``interval_s`` seconds."""
+    """A daemon thread calling ``reconcile`` every ``interval_s`` seconds."""
 
     def __init__(
         self, *, store: JobStore, broker: Broker, settings: Settings, interval_s: float
@@ -75,7 +90,7 @@ class Reclaimer:
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
-                reclaim_lost_jobs(store=self.store, broker=self.broker, settings=self.settings)
+                reconcile(store=self.store, broker=self.broker, settings=self.settings)
             except TRANSIENT as exc:
-                log.warning("reclaiming lost jobs failed (will retry): %s", exc)
+                log.warning("reconciling the store with the broker failed (will retry): %s", exc)
             self._stop.wait(self.interval_s)

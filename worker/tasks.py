@@ -48,7 +48,7 @@ def _on_worker_ready(sender: Any = None, **_: Any) -> None:
         store=get_store(settings.database_url),
         broker=CeleryBroker(settings),
         settings=settings,
-        interval_s=max(1.0, min(60.0, settings.heartbeat_timeout_s / 4)),
+        interval_s=settings.reconcile_interval_s,
     )
     _reclaimer.start()
 

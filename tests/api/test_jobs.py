@@ -22,8 +22,12 @@ class RecordingBroker:
         self.enqueued: list[tuple[str, str]] = []
         self.terminated: list[str] = []
 
-    def enqueue(self, job_id: str, *, queue: str) -> None:
+    def enqueue(self, job_id: str, *, queue: str, resume: bool = False) -> None:
         self.enqueued.append((job_id, queue))
+
+    def pending_jobs(self, queue: str) -> set[str] | None:
+        """Every message sent stays in the broker (none is consumed)."""
+        return {job_id for job_id, q in self.enqueued if q == queue}
 
     def ping(self) -> None:
         return None
@@ -204,11 +208,11 @@ class RecoveringBroker(RecordingBroker):
         super().__init__()
         self.down = down
 
-    def enqueue(self, job_id: str, *, queue: str) -> None:
+    def enqueue(self, job_id: str, *, queue: str, resume: bool = False) -> None:
         if self.down > 0:
             self.down -= 1
             raise ConnectionError("broker unreachable")
-        super().enqueue(job_id, queue=queue)
+        super().enqueue(job_id, queue=queue, resume=resume)
 
 
 def test_a_job_submitted_while_the_broker_is_down_is_sent_when_it_is_back(

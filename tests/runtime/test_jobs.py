@@ -32,8 +32,12 @@ class RecordingBroker:
     def __init__(self) -> None:
         self.sent: list[tuple[str, str]] = []
 
-    def enqueue(self, job_id: str, *, queue: str) -> None:
+    def enqueue(self, job_id: str, *, queue: str, resume: bool = False) -> None:
         self.sent.append((job_id, queue))
+
+    def pending_jobs(self, queue: str) -> set[str] | None:
+        """Every message sent stays in the broker (none is consumed)."""
+        return {job_id for job_id, q in self.sent if q == queue}
 
     def ping(self) -> None:
         return None
