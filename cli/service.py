@@ -1,8 +1,11 @@
 """The service sub-commands of ``spartan``: serve, demo, submit, status, cancel, download,
-plan, jobs and apikey. ``cli.main`` registers them with ``register(app)``.
+plan, jobs, apikey (create, list, revoke) and db (upgrade, current). ``cli.main`` registers
+them with ``register(app)``.
 
 Client commands talk to ``SPARTAN_API_URL`` (default http://127.0.0.1:8000) with the bearer
-token ``SPARTAN_API_KEY`` when set.
+token ``SPARTAN_API_KEY`` when set; an unreachable service or an error answer ends the command
+with one line naming the fix (``cli.errors``) and exit code 2. ``apikey`` and ``db`` work on
+the job store (``SPARTAN_DATABASE_URL``) directly, on the server.
 """
 
 from __future__ import annotations
@@ -15,21 +18,28 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
+import httpx
 import typer
 from rich.console import Console
 from rich.table import Table
+from sqlalchemy import create_engine
 
+from cli.errors import EXIT_CODE, explain
 from cli.serve import QUICKSTART, follow, print_summary, run_demo, run_service, summarize
-from spartan.client import SpartanAPIError, SpartanClient, format_detail
-from spartan.keys import create_api_key
+from spartan import migrations
+from spartan.client import SpartanAPIError, SpartanClient
+from spartan.keys import issue_api_key
 from spartan.settings import get_settings
 from spartan.spec import read_spec_file
-from spartan.store import get_store
+from spartan.store import get_engine, get_store
 
 console = Console()
 err_console = Console(stderr=True)
 
-apikey_app = typer.Typer(help="Manage API keys (written straight to the job store).")
+apikey_app = typer.Typer(
+    help="Manage API keys (written straight to the job store).", no_args_is_help=True
+)
+db_app = typer.Typer(help="The job store's schema (Alembic migrations).", no_args_is_help=True)
 
 
 def _client() -> SpartanClient:
@@ -38,13 +48,14 @@ def _client() -> SpartanClient:
 
 @contextmanager
 def _service() -> Iterator[SpartanClient]:
-    """A client of the configured service; an error answer is printed and exits with 2."""
+    """A client of the configured service; an error answer or an unreachable service is
+    printed in one line (``cli.errors.explain``) and exits with 2."""
     try:
         with _client() as client:
             yield client
-    except SpartanAPIError as exc:
-        err_console.print(f"[red]error {exc.status_code}[/red]: {format_detail(exc.detail)}")
-        raise typer.Exit(code=2) from None
+    except (SpartanAPIError, httpx.TransportError) as exc:
+        err_console.print(explain(exc), markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(code=EXIT_CODE) from None
 
 
 def _print_json(data: Any) -> None:
@@ -113,12 +124,21 @@ def download(
     names: Annotated[list[str] | None, typer.Argument(help="artifact names (default: all)")] = None,
     out: Annotated[Path, typer.Option(help="folder to write into")] = Path("."),
 ) -> None:
-    """Download a job's artifacts."""
+    """Download a job's artifacts (into OUT/JOB_ID when no names are given)."""
     folder = out / job_id if not names else out
-    folder.mkdir(parents=True, exist_ok=True)
     with _service() as client:
-        wanted = names or [a["name"] for a in client.artifacts(job_id)["data"]]
-        for name in wanted:
+        available = [a["name"] for a in client.artifacts(job_id)["data"]]  # 404: no folder made
+        missing = sorted(set(names or ()) - set(available))
+        if missing:
+            err_console.print(
+                f"{job_id} has no artifact {', '.join(missing)} -> one of: "
+                f"{', '.join(available) or '(none yet)'}",
+                markup=False,
+                highlight=False,
+            )
+            raise typer.Exit(code=EXIT_CODE)
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in names or available:
             path = client.download(job_id, name, folder / name)
             console.print(f"{path}")
 
@@ -151,6 +171,14 @@ def plan(
         str | None, typer.Option(help="N:M structure such as 2:4 (the target may be left out)")
     ] = None,
     distribution: Annotated[str, typer.Option(help="global, uniform or erk")] = "global",
+    include: Annotated[
+        list[str] | None,
+        typer.Option(help="only layers matching this glob (repeat for more), e.g. 'layer*'"),
+    ] = None,
+    exclude: Annotated[
+        list[str] | None,
+        typer.Option(help="leave layers matching this glob dense (repeat), e.g. conv1"),
+    ] = None,
     input_size: Annotated[str, typer.Option(help="C,H,W")] = "3,224,224",
     num_classes: Annotated[int, typer.Option()] = 1000,
     checkpoint: Annotated[
@@ -174,6 +202,8 @@ def plan(
         "cost_model": {"name": cost_model, "params": params},
         "block_shape": _block(block),
         "distribution": distribution,
+        "include": list(include or []),
+        "exclude": list(exclude or []),
     }
     if nm is not None:
         body["nm"] = _nm(nm)
@@ -191,30 +221,54 @@ def plan(
     print_plan(answer)
 
 
+# (key of a plan's layer row, column title); rows are cost_models.report.LayerRow
+PLAN_COLUMNS = (
+    ("name", "layer"),
+    ("masked", "masked"),
+    ("entries", "entries"),
+    ("kept_entries", "kept"),
+    ("density", "density"),
+    ("dense_cost", "dense cost"),
+    ("sparse_cost", "sparse cost"),
+)
+
+
 def print_plan(answer: dict[str, Any]) -> None:
-    """The plan's per-layer rows as a table, then its totals."""
+    """The plan's per-layer rows as a table, then one line of totals (``--json``: all)."""
     result = answer.get("plan", {})
     layers = result.get("layers") or []
     table = Table(
         title=f"{answer['model']} under {answer['cost_model']}, target {answer['target']:g}"
     )
-    columns = [
-        k
-        for k in ("name", "entries", "kept", "density", "cost_dense", "cost_sparse")
-        if layers and k in layers[0]
-    ]
-    columns = columns or (sorted(layers[0]) if layers else [])
-    for col in columns:
-        table.add_column(col, justify="left" if col == "name" else "right")
+    columns = [(key, title) for key, title in PLAN_COLUMNS if layers and key in layers[0]]
+    for key, title in columns:
+        if key == "name":
+            table.add_column(title, no_wrap=True)
+        else:
+            table.add_column(title, justify="right")
     for row in layers:
-        table.add_row(*(_cell(row.get(c)) for c in columns))
+        table.add_row(*(_cell(row.get(key)) for key, _ in columns))
     console.print(table)
-    totals = {k: v for k, v in result.items() if k != "layers"}
-    if totals:
-        _print_json(totals)
+    totals = result.get("totals") or {}
+    unit = totals.get("unit", "")
+    parts = [
+        f"{label} {_cell(totals[key])}"
+        for key, label in (
+            ("cost_fraction", "cost fraction"),
+            ("sparsity", "sparsity"),
+            ("dense_cost", f"dense cost ({unit})" if unit else "dense cost"),
+            ("sparse_cost", "sparse cost"),
+            ("predicted_speedup", "predicted speedup"),
+        )
+        if totals.get(key) is not None
+    ]
+    if parts:
+        console.print("totals: " + ", ".join(parts), highlight=False)
 
 
 def _cell(value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
@@ -251,11 +305,70 @@ def apikey_create(
     settings = get_settings()
     settings.ensure_dirs()
     try:
-        key = create_api_key(get_store(settings.database_url), owner=owner)
+        key_id, key = issue_api_key(get_store(settings.database_url), owner=owner)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--owner") from None
     sys.stdout.write(key + "\n")
-    err_console.print(f"API key for {owner!r} created; it is shown only once.")
+    err_console.print(
+        f"API key {key_id} for {owner!r} created; it is shown only once "
+        f"(`spartan apikey revoke {key_id}` ends it)."
+    )
+
+
+@apikey_app.command("list")
+def apikey_list(
+    owner: Annotated[str | None, typer.Option(help="only this owner's keys")] = None,
+) -> None:
+    """List API keys (ids, owners, when created, revoked or not; never the keys)."""
+    settings = get_settings()
+    settings.ensure_dirs()
+    keys = get_store(settings.database_url).list_api_keys(owner=owner)
+    table = Table(title=f"{len(keys)} API key(s)")
+    for col in ("id", "owner", "created", "revoked"):
+        table.add_column(col, no_wrap=col == "id")
+    for key in keys:
+        table.add_row(
+            key.id, key.owner, key.created_at.isoformat()[:19], "yes" if key.revoked else "no"
+        )
+    console.print(table)
+
+
+@apikey_app.command("revoke")
+def apikey_revoke(key_id: Annotated[str, typer.Argument(help="the key's id (key_...)")]) -> None:
+    """Revoke an API key: requests with it are refused (401) from now on."""
+    settings = get_settings()
+    settings.ensure_dirs()
+    key = get_store(settings.database_url).revoke_api_key(key_id=key_id)
+    if key is None:
+        err_console.print(
+            f"no API key {key_id!r} -> `spartan apikey list` shows the ids",
+            markup=False,
+            highlight=False,
+        )
+        raise typer.Exit(code=EXIT_CODE)
+    console.print(f"API key {key.id} of {key.owner!r} revoked")
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Migrate the job store (SPARTAN_DATABASE_URL) to the newest schema; every service
+    process also does this when it starts."""
+    settings = get_settings()
+    settings.ensure_dirs()
+    at = migrations.upgrade(get_engine(settings.database_url))  # a no-op once at the newest
+    console.print(f"job store at revision {at} (newest: {migrations.head()})", highlight=False)
+
+
+@db_app.command("current")
+def db_current() -> None:
+    """Print the job store's schema revision and the newest one."""
+    engine = create_engine(get_settings().database_url)
+    try:
+        with engine.connect() as conn:
+            at = migrations.current(conn)
+    finally:
+        engine.dispose()
+    console.print(f"job store at revision {at} (newest: {migrations.head()})", highlight=False)
 
 
 def register(app: typer.Typer) -> None:
@@ -263,3 +376,4 @@ def register(app: typer.Typer) -> None:
     for command in (serve, demo, submit, status, cancel, download, plan, jobs):
         app.command()(command)
     app.add_typer(apikey_app, name="apikey")
+    app.add_typer(db_app, name="db")

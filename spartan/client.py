@@ -26,9 +26,10 @@ from spartan.settings import Settings
 class SpartanAPIError(Exception):
     """A 4xx/5xx answer from the service."""
 
-    def __init__(self, status_code: int, detail: Any) -> None:
+    def __init__(self, status_code: int, detail: Any, *, retry_after: str | None = None) -> None:
         self.status_code = status_code
         self.detail = detail
+        self.retry_after = retry_after  # the Retry-After header of a 429 or 503, if any
         super().__init__(f"HTTP {status_code}: {format_detail(detail)}")
 
 
@@ -196,7 +197,9 @@ def _raise_for(response: httpx.Response) -> None:
         detail = response.json().get("detail", response.text)
     except (json.JSONDecodeError, AttributeError):
         detail = response.text
-    raise SpartanAPIError(response.status_code, detail)
+    raise SpartanAPIError(
+        response.status_code, detail, retry_after=response.headers.get("retry-after")
+    )
 
 
 def parse_sse(lines: Iterator[str]) -> Iterator[Event]:

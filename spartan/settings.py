@@ -4,15 +4,20 @@ Defaults are the embedded single-machine setup: everything under ``SPARTAN_HOME`
 (``~/.spartan``): a SQLite job store, a local artifact folder, and kombu's SQLAlchemy
 transport on a SQLite file as the Celery broker, so nothing else needs to be installed.
 Production points ``SPARTAN_DATABASE_URL`` at PostgreSQL and ``SPARTAN_BROKER_URL`` at Redis.
+
+List settings take a JSON list or comma-separated values: ``SPARTAN_DATA_ROOTS=/data,/other``
+and ``SPARTAN_DATA_ROOTS='["/data", "/other"]'`` are the same.
 """
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -26,35 +31,40 @@ class Settings(BaseSettings):
     artifact_dir: Path | None = None  # default: {home}/artifacts
     upload_dir: Path | None = None  # default: {home}/uploads
     checkpoint_dir: Path | None = None  # default: {home}/checkpoints
-    data_roots: list[Path] = Field(default_factory=list)  # default: [{home}/data]
+    # default: [{home}/data]; JSON or comma-separated
+    data_roots: Annotated[list[Path], NoDecode] = Field(default_factory=list)
 
     auth_enabled: bool = False
     max_upload_bytes: int = 1 << 30
     max_body_bytes: int = 1 << 20  # JSON request bodies
+    # Bounds checked at submission (``runtime.bounds``): a job whose estimated training memory
+    # (input batch, activations kept for the backward pass, weights with their gradients,
+    # optimizer state and masks, the data set's index) is over this is refused with 400.
+    max_job_memory_bytes: int = 32 << 30
+    # Per-owner quotas (0: none): a submission while the owner has this many jobs queued, or
+    # this many running, is refused with 429 and ``Retry-After: quota_retry_after_s``.
+    max_queued_jobs_per_owner: int = Field(100, ge=0)
+    max_running_jobs_per_owner: int = Field(10, ge=0)
+    quota_retry_after_s: int = Field(60, ge=1)
     max_delivery_attempts: int = 3
     job_time_limit_s: int = 7 * 24 * 3600
     checkpoint_every_steps: int = 200
     progress_interval_s: float = 2.0
     default_queue: str = "default"
-    # Liveness of running jobs (``spartan.lease``): the process running a job renews its
-    # lease every min(progress_interval_s, lease_ttl_s / 3); a lease not renewed for
-    # lease_ttl_s means that process is gone, and the job is resumed elsewhere.
-    lease_ttl_s: float = 30.0
-    # How often each worker reconciles the store with the broker: running jobs whose process
-    # is gone are re-queued, queued jobs whose message is lost are re-sent.
-    reconcile_interval_s: float = 10.0
-    # A queued job whose message was last sent or seen in the broker longer ago than this and
-    # is not in the broker now is sent again.
-    resend_after_s: float = 20.0
-    # Jobs claimed by workers that write no lease (older versions): lost when their progress
-    # is older than this.
+    # worker: a running job whose progress is older than this is lost and is re-queued
     heartbeat_timeout_s: float = 600.0
 
     # REST API and its clients (api/, spartan/client.py)
     api_url: str = "http://127.0.0.1:8000"  # where the CLI finds the service
     api_key: str = ""  # bearer token the CLI sends when the service has auth on
     cancel_grace_s: float = 30.0  # cooperative cancel window before the task is killed
-    resend_interval_s: float = 10.0  # the API's reconcile period for queued jobs (0: off)
+    requeue_after_s: float = 3600.0  # on start, re-send queued jobs enqueued longer ago
+    resend_interval_s: float = 30.0  # while running, re-send jobs never enqueued (0: off)
+
+    @field_validator("data_roots", mode="before")
+    @classmethod
+    def _split_list(cls, value: Any) -> Any:
+        return split_list(value)
 
     @model_validator(mode="after")
     def _fill_defaults(self) -> Settings:
@@ -73,6 +83,20 @@ class Settings(BaseSettings):
         """Create the local folders the settings name."""
         for path in (self.home, self.artifact_dir, self.upload_dir, self.checkpoint_dir):
             path.mkdir(parents=True, exist_ok=True)
+
+
+def split_list(value: Any) -> Any:
+    """A list setting from the environment: a JSON list, or comma-separated values (empty
+    items dropped); anything that is not a string is left to the field's validation."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if text.startswith("["):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"not a JSON list ({exc}); or give comma-separated values") from None
+    return [item.strip() for item in text.split(",") if item.strip()]
 
 
 @lru_cache(maxsize=1)

@@ -142,6 +142,25 @@ def test_cli_plan(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
     result = CliRunner().invoke(
         cli_app,
         ["plan", "resnet18", "--sparsity", "0.9", "--input-size", "3,32,32", "--num-classes", "10"],
+        env={"COLUMNS": "160"},
     )
     assert result.exit_code == 0, result.output
-    assert "layer1.0.conv1" in result.output and "cost_fraction" in result.output
+    assert "layer1.0.conv1" in result.output and "cost fraction" in result.output
+    header = result.output.splitlines()[2]
+    assert all(col in header for col in ("kept", "density", "dense", "sparse")), header
+    assert "{" not in result.output  # no raw JSON without --json
+    result = CliRunner().invoke(
+        cli_app,
+        ["plan", "resnet18", "--sparsity", "0.9", "--input-size", "3,32,32", "--num-classes",
+         "10", "--exclude", "conv1", "--exclude", "fc", "--json"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    rows = {row["name"]: row for row in json.loads(result.output)["plan"]["layers"]}
+    assert not rows["conv1.weight"]["masked"] and rows["layer1.0.conv1.weight"]["masked"]
+    # blocks that do not tile a layer: one line naming the fix, no traceback
+    result = CliRunner().invoke(
+        cli_app, ["plan", "resnet18", "--cost-fraction", "0.3", "--block", "4x4",
+                  "--input-size", "3,32,32"],
+    )  # fmt: skip
+    assert result.exit_code == 2 and "--exclude" in result.output, result.output
+    assert "Traceback" not in result.output

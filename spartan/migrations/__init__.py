@@ -1,0 +1,74 @@
+"""Schema migrations of the job store (Alembic), run when a store is first opened.
+
+``upgrade(engine)`` brings a database to the newest revision: it is what every process does on
+start (``spartan.store.get_engine``) and what ``spartan db upgrade`` does by hand. A database
+created before migrations existed (by ``create_all``: tables but no ``alembic_version``) is
+stamped with the first revision, whose schema it has, and then upgraded like any other.
+
+Revisions live in ``versions/`` (``0001_initial`` is the schema ``create_all`` made); write a
+new one for every change to the tables of ``spartan.store``, for instance with
+``alembic -c spartan/migrations/alembic.ini revision --autogenerate -m "what"``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import inspect
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError
+
+log = logging.getLogger(__name__)
+
+FOLDER = Path(__file__).resolve().parent
+BASELINE = "0001"  # the schema of databases made by create_all, before migrations
+LEGACY_TABLES = frozenset({"jobs", "uploads", "api_keys"})
+
+
+def config(connection: Connection | None = None) -> Config:
+    """An Alembic configuration for these revisions (no alembic.ini needed)."""
+    cfg = Config()
+    cfg.set_main_option("script_location", str(FOLDER))
+    cfg.attributes["connection"] = connection
+    return cfg
+
+
+def head() -> str:
+    """The newest revision."""
+    revision = ScriptDirectory.from_config(config()).get_current_head()
+    assert revision is not None
+    return revision
+
+
+def current(connection: Connection) -> str | None:
+    """The revision the database is at (None: not under migrations yet)."""
+    return MigrationContext.configure(connection).get_current_revision()
+
+
+def upgrade(engine: Engine, revision: str = "head") -> str | None:
+    """Bring the database to ``revision`` (default: the newest); returns the revision it is
+    at afterwards. Safe to run from several processes at once: a process that loses the race
+    finds the database upgraded by the other."""
+    try:
+        return _upgrade(engine, revision)
+    except DBAPIError:
+        with engine.connect() as conn:
+            if current(conn) == head():
+                return head()
+        raise
+
+
+def _upgrade(engine: Engine, revision: str) -> str | None:
+    with engine.begin() as conn:
+        if current(conn) is None and set(inspect(conn).get_table_names()) >= LEGACY_TABLES:
+            log.info("database made before migrations: stamping it at %s", BASELINE)
+            command.stamp(config(conn), BASELINE)
+    with engine.begin() as conn:
+        if current(conn) != head() or revision != "head":
+            command.upgrade(config(conn), revision)
+        return current(conn)
