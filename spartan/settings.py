@@ -51,15 +51,25 @@ class Settings(BaseSettings):
     checkpoint_every_steps: int = 200
     progress_interval_s: float = 2.0
     default_queue: str = "default"
-    # worker: a running job whose progress is older than this is lost and is re-queued
+    # Liveness of running jobs (``spartan.lease``): the process running a job renews its
+    # lease every min(progress_interval_s, lease_ttl_s / 3); a lease not renewed for
+    # lease_ttl_s means that process is gone, and the job is resumed elsewhere.
+    lease_ttl_s: float = 30.0
+    # How often each worker reconciles the store with the broker: running jobs whose process
+    # is gone are re-queued, queued jobs whose message is lost are re-sent.
+    reconcile_interval_s: float = 10.0
+    # A queued job whose message was last sent or seen in the broker longer ago than this and
+    # is not in the broker now is sent again.
+    resend_after_s: float = 20.0
+    # Jobs claimed by workers that write no lease (older versions): lost when their progress
+    # is older than this.
     heartbeat_timeout_s: float = 600.0
 
     # REST API and its clients (api/, spartan/client.py)
     api_url: str = "http://127.0.0.1:8000"  # where the CLI finds the service
     api_key: str = ""  # bearer token the CLI sends when the service has auth on
     cancel_grace_s: float = 30.0  # cooperative cancel window before the task is killed
-    requeue_after_s: float = 3600.0  # on start, re-send queued jobs enqueued longer ago
-    resend_interval_s: float = 30.0  # while running, re-send jobs never enqueued (0: off)
+    resend_interval_s: float = 10.0  # the API's reconcile period for queued jobs (0: off)
 
     @field_validator("data_roots", mode="before")
     @classmethod

@@ -9,7 +9,7 @@ never live ORM objects.
 from __future__ import annotations
 
 import secrets
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any, Literal
 
@@ -30,6 +30,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from spartan import migrations
@@ -70,6 +71,10 @@ class JobRow(Base):
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The running job's lease: renewed by a heartbeat thread of the process that holds it
+    # (``lease_holder``: ``spartan.lease.holder_id()``); expired means that process is gone.
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    lease_holder: Mapped[str | None] = mapped_column(String(200))
 
 
 class UploadRow(Base):
@@ -123,6 +128,9 @@ class Job(BaseModel):
     updated_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    enqueued_at: datetime | None = None
+    lease_expires_at: datetime | None = None
+    lease_holder: str | None = None
 
     @property
     def finished(self) -> bool:
@@ -144,6 +152,14 @@ class Upload(BaseModel):
 
 def _job(row: JobRow) -> Job:
     return Job.model_validate(row, from_attributes=True)
+
+
+def _same_claim(attempts: int, holder: str | None) -> list[Any]:
+    """SQL conditions: the job is still the claim (delivery count and lease holder) read."""
+    same_holder = (
+        JobRow.lease_holder.is_(None) if holder is None else (JobRow.lease_holder == holder)
+    )
+    return [JobRow.attempts == attempts, same_holder]
 
 
 def new_id(prefix: str) -> str:
@@ -192,16 +208,13 @@ class JobStore:
         self, *, owner: str, spec: dict[str, Any], idempotency_key: str | None = None
     ) -> tuple[Job, bool]:
         """Store a queued job; returns (job, created). A repeated idempotency key returns the
-        first job and ``created=False``."""
+        first job and ``created=False``, also when both submissions race: the unique
+        constraint ``uq_owner_idempotency`` lets one insert win and the others read it."""
+        if idempotency_key is not None:
+            found = self._job_by_key(owner=owner, idempotency_key=idempotency_key)
+            if found is not None:
+                return found, False
         with self.session() as s:
-            if idempotency_key is not None:
-                found = s.scalar(
-                    select(JobRow).where(
-                        JobRow.owner == owner, JobRow.idempotency_key == idempotency_key
-                    )
-                )
-                if found is not None:
-                    return _job(found), False
             row = JobRow(
                 id=new_id("job"),
                 owner=owner,
@@ -213,8 +226,26 @@ class JobStore:
                 cancel_requested=False,
             )
             s.add(row)
-            s.commit()
+            try:
+                s.commit()
+            except IntegrityError:
+                s.rollback()
+                if idempotency_key is None:
+                    raise
+                found = self._job_by_key(owner=owner, idempotency_key=idempotency_key)
+                if found is None:  # not the idempotency constraint
+                    raise
+                return found, False
             return _job(row), True
+
+    def _job_by_key(self, *, owner: str, idempotency_key: str) -> Job | None:
+        with self.session() as s:
+            row = s.scalar(
+                select(JobRow).where(
+                    JobRow.owner == owner, JobRow.idempotency_key == idempotency_key
+                )
+            )
+            return _job(row) if row is not None else None
 
     def get_job(self, *, job_id: str, owner: str | None = None) -> Job | None:
         """The job, or None when it does not exist or belongs to another owner."""
@@ -258,19 +289,88 @@ class JobStore:
         """Record when the job's message was last sent to the broker."""
         self._update(job_id, enqueued_at=_now())
 
-    def start_attempt(self, *, job_id: str, worker: str) -> Job | None:
-        """Count one delivery and mark the job running; None if it is already finished."""
+    def mark_seen(self, *, job_ids: list[str]) -> None:
+        """Record that the messages of these queued jobs were seen in the broker just now
+        (so they are not re-sent for another ``resend_after_s``)."""
+        if not job_ids:
+            return
         with self.session() as s:
-            row = s.get(JobRow, job_id, with_for_update=True)
-            if row is None or row.status in TERMINAL:
-                return None
-            row.attempts += 1
-            row.status = "running"
-            row.worker = worker
-            row.started_at = row.started_at or _now()
-            row.updated_at = _now()
+            s.execute(
+                update(JobRow)
+                .where(JobRow.id.in_(job_ids), JobRow.status == "queued")
+                .values(enqueued_at=_now())
+            )
             s.commit()
-            return _job(row)
+
+    def claim_resend(self, *, job_id: str, older_than: datetime) -> bool:
+        """Take the right to re-send a queued job not sent (or seen in the broker) since
+        ``older_than``: one conditional update, so of several reconcilers only one sends."""
+        return self._update(
+            job_id,
+            JobRow.status == "queued",
+            JobRow.enqueued_at.is_(None) | (JobRow.enqueued_at < older_than),
+            enqueued_at=_now(),
+        )
+
+    def restore_enqueued(self, *, job_id: str, at: datetime | None) -> None:
+        """Put back the send time a failed re-send had claimed (``claim_resend``)."""
+        with self.session() as s:
+            s.execute(update(JobRow).where(JobRow.id == job_id).values(enqueued_at=at))
+            s.commit()
+
+    def start_attempt(
+        self,
+        *,
+        job_id: str,
+        worker: str,
+        holder: str | None = None,
+        lease_s: float | None = None,
+        expected: Job | None = None,
+    ) -> Job | None:
+        """Claim the job: count one delivery, mark it running and take its lease.
+
+        One conditional update. Returns None if the job is finished, or (with ``expected``,
+        the snapshot the caller decided on) if another delivery claimed it since: of two
+        workers taking the same job only one wins.
+
+        Args:
+            worker: ``<celery node>/<pid>`` (for people).
+            holder: ``spartan.lease.holder_id()`` of the claiming process.
+            lease_s: the lease's time to live; its heartbeat renews it (``heartbeat``).
+        """
+        now = _now()
+        conditions = [JobRow.id == job_id, JobRow.status.not_in(TERMINAL)]
+        if expected is not None:
+            conditions += _same_claim(expected.attempts, expected.lease_holder)
+        values: dict[str, Any] = {
+            "attempts": JobRow.attempts + 1,
+            "status": "running",
+            "worker": worker,
+            "lease_holder": holder,
+            "lease_expires_at": None if lease_s is None else now + timedelta(seconds=lease_s),
+            "started_at": func.coalesce(JobRow.started_at, now),
+            "updated_at": now,
+        }
+        with self.session() as s:
+            result = s.execute(update(JobRow).where(*conditions).values(**values))
+            if result.rowcount == 0:
+                s.rollback()
+                return None
+            s.commit()
+            row = s.get(JobRow, job_id, populate_existing=True)
+            return _job(row) if row is not None else None
+
+    def heartbeat(
+        self, *, job_id: str, attempt: int, lease_s: float, progress: dict[str, Any] | None = None
+    ) -> bool:
+        """Renew the lease of a running job (and write its progress) for the attempt that
+        holds it; False if the job was finished or taken by another delivery."""
+        values: dict[str, Any] = {"lease_expires_at": _now() + timedelta(seconds=lease_s)}
+        if progress is not None:
+            values["progress"] = progress
+        return self._update(
+            job_id, JobRow.status == "running", JobRow.attempts == attempt, **values
+        )
 
     def update_progress(self, *, job_id: str, progress: dict[str, Any]) -> None:
         self._update(job_id, JobRow.status == "running", progress=progress)
@@ -311,36 +411,35 @@ class JobStore:
             return _job(row)
 
     def stale_queued(self, *, older_than: datetime) -> list[Job]:
-        """Queued jobs last enqueued before ``older_than`` (their message may be lost)."""
+        """Queued jobs last enqueued before ``older_than`` or never (their message may be
+        lost)."""
         with self.session() as s:
             rows = s.scalars(
                 select(JobRow).where(
                     JobRow.status == "queued",
-                    (JobRow.enqueued_at.is_(None)) | (JobRow.enqueued_at < older_than),
+                    JobRow.enqueued_at.is_(None) | (JobRow.enqueued_at < older_than),
                 )
             ).all()
             return [_job(r) for r in rows]
 
-    def stale_running(self, *, older_than: datetime) -> list[Job]:
-        """Running jobs not updated since ``older_than`` (their worker may be dead).
-
-        A live worker writes progress at a bounded rate, which bumps ``updated_at``.
-        """
+    def running_jobs(self) -> list[Job]:
+        """Every running job (few: one per worker), for the reclaimer to check their leases."""
         with self.session() as s:
-            rows = s.scalars(
-                select(JobRow).where(JobRow.status == "running", JobRow.updated_at < older_than)
-            ).all()
+            rows = s.scalars(select(JobRow).where(JobRow.status == "running")).all()
             return [_job(r) for r in rows]
 
-    def requeue_stale(self, *, job_id: str, older_than: datetime) -> bool:
-        """Put a running job not updated since ``older_than`` back to queued; False if it was
-        updated meanwhile or is not running (so only one reclaimer wins)."""
+    def requeue_dead(self, *, job: Job) -> bool:
+        """Put a running job whose process is gone back to queued, if it is still the claim
+        of the snapshot ``job``; False otherwise (so only one reclaimer wins, and a job
+        claimed again meanwhile is left alone)."""
         return self._update(
-            job_id,
+            job.id,
             JobRow.status == "running",
-            JobRow.updated_at < older_than,
+            *_same_claim(job.attempts, job.lease_holder),
             status="queued",
             worker=None,
+            lease_holder=None,
+            lease_expires_at=None,
         )
 
     def requeue_preempted(self, *, job_id: str) -> bool:
@@ -354,6 +453,8 @@ class JobStore:
             JobRow.status == "running",
             status="queued",
             worker=None,
+            lease_holder=None,
+            lease_expires_at=None,
             attempts=case((JobRow.attempts > 0, JobRow.attempts - 1), else_=0),
         )
 
