@@ -11,6 +11,7 @@ from typing import Any
 import cost_models
 from api.schemas import ModelPublic, PlanCreate
 from runtime import models
+from runtime.bounds import check_memory
 from runtime.plans import make_plan as plan_for
 from runtime.validation import validate_spec
 from spartan.settings import Settings
@@ -19,12 +20,15 @@ from spartan.store import JobStore
 
 
 def validate_job(spec: JobSpec, *, settings: Settings, store: JobStore, owner: str) -> None:
-    """Every check a spec needs beyond its schema (``runtime.validation.validate_spec``).
+    """Every check a spec needs beyond its schema (``runtime.validation.validate_spec``), and
+    the service's memory bound (``runtime.bounds.check_memory``).
 
     Raises:
-        FieldError: naming the field (``UnknownReference`` for another owner's upload).
+        FieldError: naming the field (``UnknownReference`` for another owner's upload; the
+            field behind the largest part of the memory estimate when over the limit).
     """
     validate_spec(spec, settings, owner=owner, store=store)
+    check_memory(spec, settings)
 
 
 def make_plan(

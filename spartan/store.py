@@ -238,6 +238,10 @@ class JobStore:
                 return found, False
             return _job(row), True
 
+    def find_job_by_idempotency_key(self, *, owner: str, idempotency_key: str) -> Job | None:
+        """The owner's job submitted with this idempotency key, if any."""
+        return self._job_by_key(owner=owner, idempotency_key=idempotency_key)
+
     def _job_by_key(self, *, owner: str, idempotency_key: str) -> Job | None:
         with self.session() as s:
             row = s.scalar(

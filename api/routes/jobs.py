@@ -11,7 +11,7 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
-from api import services
+from api import quotas, services
 from api.deps import BrokerDep, OwnedJobDep, OwnerDep, RuntimeDep, SettingsDep, StoreDep
 from api.schemas import ErrorPublic, JobCreated, JobPublic, JobsPublic
 from spartan.spec import JobSpec
@@ -31,7 +31,12 @@ EVENT_POLL_S = 0.5
     "",
     status_code=201,
     response_model=JobCreated,
-    responses={**_ERRORS, 409: {"model": ErrorPublic}, 413: {"model": ErrorPublic}},
+    responses={
+        **_ERRORS,
+        409: {"model": ErrorPublic},
+        413: {"model": ErrorPublic},
+        429: {"model": ErrorPublic, "description": "at a job quota; see Retry-After"},
+    },
 )
 def create_job(
     spec: JobSpec,
@@ -51,7 +56,13 @@ def create_job(
         ),
     ] = None,
 ) -> JobCreated:
-    """Submit a training job. It is stored as ``queued``, then handed to a worker."""
+    """Submit a training job. It is stored as ``queued``, then handed to a worker.
+
+    Refused with 429 (and ``Retry-After``) while the owner is at a job quota
+    (``api.quotas``), and with 400 when the job's memory estimate is over the service's limit
+    (``runtime.bounds``).
+    """
+    quotas.check_quota(store=store, settings=settings, owner=owner, idempotency_key=idempotency_key)
     job, created = services.submit_job(
         spec,
         validate=partial(runtime.validate_job, settings=settings, store=store, owner=owner),
