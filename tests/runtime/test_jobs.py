@@ -9,6 +9,10 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +21,7 @@ from PIL import Image
 
 from runtime import jobs
 from runtime.jobs import execute_job
+from spartan.lease import holder_id
 from spartan.resolve import artifact_dir as job_artifact_dir
 from spartan.resolve import checkpoint_path as job_checkpoint_path
 from spartan.settings import Settings
@@ -31,9 +36,12 @@ class RecordingBroker:
 
     def __init__(self) -> None:
         self.sent: list[tuple[str, str]] = []
+        self.resumed: list[str] = []  # the ids sent ahead of new jobs
 
     def enqueue(self, job_id: str, *, queue: str, resume: bool = False) -> None:
         self.sent.append((job_id, queue))
+        if resume:
+            self.resumed.append(job_id)
 
     def pending_jobs(self, queue: str) -> set[str] | None:
         """Every message sent stays in the broker (none is consumed)."""
@@ -183,6 +191,56 @@ def test_duplicate_delivery_while_running_elsewhere(wsettings: Settings, store: 
     assert execute_job(job_id, worker="n1/1", settings=wsettings) == "duplicate"
     job = store.get_job(job_id=job_id)
     assert job is not None and job.attempts == 1 and job.worker == "other-node/7"
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_redelivery_of_a_job_whose_local_process_died_is_taken_at_once(
+    wsettings: Settings, store: JobStore
+) -> None:
+    job_id = _job(store, tiny_spec())
+    store.start_attempt(job_id=job_id, worker="n1/1", holder=holder_id(_dead_pid()), lease_s=600)
+    job = store.get_job(job_id=job_id)
+    assert job is not None
+    alive, seen = jobs._claimant_alive(job, worker="n2/2", store=store, settings=wsettings)
+    assert not alive and seen is not None and seen.attempts == 1
+    # the claim is compare-and-set: of two deliveries deciding on the same snapshot, one wins
+    assert store.start_attempt(job_id=job_id, worker="n2/2", holder="b", expected=seen)
+    assert store.start_attempt(job_id=job_id, worker="n3/3", holder="c", expected=seen) is None
+
+
+def test_redelivery_follows_the_claimants_lease(wsettings: Settings, store: JobStore) -> None:
+    """Another machine's claimant: alive while it renews its lease, gone when it stops."""
+    wsettings.lease_ttl_s = 0.6
+    job_id = _job(store, tiny_spec())
+    started = store.start_attempt(
+        job_id=job_id, worker="n1/1", holder="elsewhere/7@x:1", lease_s=0.6
+    )
+    assert started is not None
+    stop = threading.Event()
+
+    def renew() -> None:
+        while not stop.wait(0.1):
+            store.heartbeat(job_id=job_id, attempt=started.attempts, lease_s=0.6)
+
+    renewer = threading.Thread(target=renew)
+    renewer.start()
+    try:
+        alive, _ = jobs._claimant_alive(started, worker="n2/2", store=store, settings=wsettings)
+        assert alive
+    finally:
+        stop.set()
+        renewer.join()
+    job = store.get_job(job_id=job_id)
+    assert job is not None
+    t0 = time.monotonic()
+    alive, seen = jobs._claimant_alive(job, worker="n2/2", store=store, settings=wsettings)
+    assert not alive and seen is not None
+    assert time.monotonic() - t0 < 0.6 + 1.0  # the lease's time to live, plus a poll
 
 
 def test_cancel_flag_on_redelivery(wsettings: Settings, store: JobStore) -> None:
