@@ -76,7 +76,12 @@ def test_concurrent_inserts_with_one_key_in_the_store(postgres_url: str) -> None
         results: list[tuple[str, bool]] = []
         errors: list[BaseException] = []
 
-        def create(key: str = key, barrier: threading.Barrier = barrier) -> None:
+        def create(
+            key: str = key,
+            barrier: threading.Barrier = barrier,
+            results: list[tuple[str, bool]] = results,
+            errors: list[BaseException] = errors,
+        ) -> None:
             barrier.wait()
             try:
                 job, created = store.create_job(owner="o", spec={"k": key}, idempotency_key=key)
