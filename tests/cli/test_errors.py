@@ -89,9 +89,7 @@ def test_error_answers_in_one_line(api: TestClient, tmp_path: Path) -> None:
     runner = CliRunner()
     for args in (["status", "job_nope"], ["cancel", "job_nope"]):
         result = runner.invoke(cli_app, args)
-        assert (result.exit_code == 2 and result.exception is None) or isinstance(
-            result.exception, SystemExit
-        )
+        assert result.exit_code == 2, result.output
         [line] = result.output.strip().splitlines()
         assert line.startswith("error 404: path.job_id: job not found") and "spartan jobs" in line
     bad = tmp_path / "bad.yaml"
@@ -99,6 +97,17 @@ def test_error_answers_in_one_line(api: TestClient, tmp_path: Path) -> None:
     result = runner.invoke(cli_app, ["submit", str(bad)])
     assert result.exit_code == 2 and "model.name" in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_unauthorized_names_the_key_setting(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with TestClient(create_app(settings.model_copy(update={"auth_enabled": True}))) as client:
+        monkeypatch.setattr(service_cli, "_client", lambda: SpartanClient(http=client))
+        result = CliRunner().invoke(cli_app, ["jobs"])
+    assert result.exit_code == 2
+    [line] = result.output.strip().splitlines()
+    assert line.startswith("error 401") and "SPARTAN_API_KEY" in line
 
 
 def test_download_of_an_unknown_job_makes_no_folder(api: TestClient, tmp_path: Path) -> None:
