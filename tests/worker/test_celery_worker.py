@@ -37,6 +37,7 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
 REDIS_URL = "redis://127.0.0.1:6379/5"
+REDIS_FLUSHED_URL = "redis://127.0.0.1:6379/7"  # only the flush test uses it: it is emptied
 TIMEOUT_S = 300.0
 
 
@@ -145,7 +146,8 @@ class Env:
         if broker.startswith("redis://"):
             import redis
 
-            redis.Redis.from_url(broker).delete(self.queue)  # leave no message behind
+            keys = [self.queue] + [f"{self.queue}\x06\x16{p}" for p in (3, 6, 9)]  # priorities
+            redis.Redis.from_url(broker).delete(*keys)  # leave no message behind
         for key in self.vars:
             os.environ.pop(key, None)
         get_settings.cache_clear()
@@ -250,7 +252,7 @@ def test_embedded_sqlite_transport(tmp_path: Path) -> None:
 
 
 def test_sigkill_then_new_worker_resumes_to_the_same_result(tmp_path: Path) -> None:
-    env = Env(tmp_path / "home", REDIS_URL, SPARTAN_HEARTBEAT_TIMEOUT_S="3")
+    env = Env(tmp_path / "home", REDIS_URL, SPARTAN_RECONCILE_INTERVAL_S="1")
     try:
         spec = tiny_spec(training={"epochs": 3, "checkpoint_every_steps": 2})
         first = env.start_worker("doomed")
@@ -264,24 +266,89 @@ def test_sigkill_then_new_worker_resumes_to_the_same_result(tmp_path: Path) -> N
         assert 0 < saved < 33
         assert env.job(job_id).status == "running"  # nobody told the store
 
-        env.start_worker("rescuer")  # its reclaimer re-queues the silent job
+        env.start_worker("rescuer")  # its reclaimer re-queues the job of the dead process
         job = env.wait_status(job_id, "succeeded")
         assert job.attempts == 2
         rescuer_log = env.log("rescuer").decode()
         assert "resumed at epoch" in rescuer_log
+        _same_result_as_an_undisturbed_run(env, job, spec, tmp_path / "ref")
+    finally:
+        env.close()
 
-        # the same spec without interruption, in this process
-        ref = run_training(
-            spec, out_dir=tmp_path / "ref", checkpoint_path=None, settings=env.settings()
-        )
-        folder = Path(env.settings().artifact_dir) / job_id
-        for name in ("model.safetensors", "masks.safetensors"):
-            a, b = load_file(folder / name), load_file(tmp_path / "ref" / name)
-            assert a.keys() == b.keys()
-            assert all(torch.equal(a[k], b[k]) for k in a), name
-        assert ref.metrics is not None and job.metrics is not None
-        for key in ("dense", "final", "history"):
-            assert job.metrics[key] == ref.metrics[key], key
+
+def _same_result_as_an_undisturbed_run(env: Env, job: Job, spec: JobSpec, ref_dir: Path) -> None:
+    ref = run_training(spec, out_dir=ref_dir, checkpoint_path=None, settings=env.settings())
+    folder = Path(env.settings().artifact_dir) / job.id
+    for name in ("model.safetensors", "masks.safetensors"):
+        a, b = load_file(folder / name), load_file(ref_dir / name)
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    assert ref.metrics is not None and job.metrics is not None
+    for key in ("dense", "final", "history"):
+        assert job.metrics[key] == ref.metrics[key], key
+
+
+def test_sigkill_of_the_pool_process_resumes_within_a_minute(tmp_path: Path) -> None:
+    """Two workers; the process running the job is SIGKILLed, its worker lives on. Default
+    lease and reconcile settings: the figure users get."""
+    env = Env(tmp_path / "home", REDIS_URL)
+    try:
+        spec = tiny_spec(training={"epochs": 3, "checkpoint_every_steps": 2})
+        env.start_worker("w1")
+        env.start_worker("w2")
+        job_id = env.submit(spec)
+        checkpoint = Path(env.settings().checkpoint_dir) / job_id / "checkpoint.pt"
+        running = env.wait_step(job_id, 6)
+        _wait("a checkpoint", checkpoint.exists)
+        os.kill(_pid(running), signal.SIGKILL)
+        killed = time.monotonic()
+
+        def resumed() -> Job | None:
+            job = env.job(job_id)
+            progress = job.progress or {}
+            again = job.attempts == 2 and progress.get("attempt") == 2
+            return job if again and progress.get("phase") == "training" else None
+
+        job = _wait("the job resumed", resumed, timeout=60)
+        latency = time.monotonic() - killed
+        print(f"resumed {latency:.1f} s after the SIGKILL on {job.worker}")
+        job = env.wait_status(job_id, "succeeded")
+        assert job.attempts == 2
+        assert b"resumed at epoch" in env.log("w1") + env.log("w2")
+        _same_result_as_an_undisturbed_run(env, job, spec, tmp_path / "ref")
+    finally:
+        env.close()
+
+
+def test_jobs_survive_the_broker_losing_every_message(tmp_path: Path) -> None:
+    """Redis emptied (a restart without persistence) while one job runs and two wait."""
+    import redis
+
+    env = Env(
+        tmp_path / "home",
+        REDIS_FLUSHED_URL,
+        SPARTAN_RECONCILE_INTERVAL_S="1",
+        SPARTAN_RESEND_AFTER_S="3",
+    )
+    try:
+        env.start_worker("w1")
+        ids = [env.submit(tiny_spec(training={"epochs": e})) for e in (3, 1, 1)]
+        env.wait_step(ids[0], 2)
+        broker = CeleryBroker(env.settings())
+        assert set(ids[1:]) <= (broker.pending_jobs(env.queue) or set())  # two waiting
+        redis.Redis.from_url(REDIS_FLUSHED_URL).flushdb()
+        flushed = time.monotonic()
+        assert broker.pending_jobs(env.queue) == set()
+
+        def back() -> bool:
+            waiting = {i for i in ids[1:] if env.job(i).status == "queued"}
+            return waiting <= (broker.pending_jobs(env.queue) or set())
+
+        _wait("the lost messages sent again", back, timeout=60)
+        print(f"lost messages sent again {time.monotonic() - flushed:.1f} s after the flush")
+        for job_id in ids:
+            assert env.wait_status(job_id, "succeeded").attempts == 1
+        assert b"re-sent 2 queued job(s)" in env.log("w1")
     finally:
         env.close()
 
