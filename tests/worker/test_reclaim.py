@@ -8,7 +8,7 @@ import time
 from datetime import UTC, datetime, timedelta
 
 from spartan.lease import holder_gone, holder_id
-from spartan.queue import resend_lost, send_job
+from spartan.queue import CeleryBroker, resend_lost, send_job
 from spartan.settings import Settings
 from spartan.store import get_store
 from tests.runtime.test_jobs import RecordingBroker
@@ -126,3 +126,13 @@ def test_queued_jobs_the_broker_lost_are_sent_again_once(wsettings: Settings) ->
     broker.held = None  # a broker that cannot tell: re-sent by age
     time.sleep(0.4)
     assert resend() == sorted(ids)
+
+
+def test_the_embedded_broker_tells_which_jobs_it_holds(settings: Settings) -> None:
+    broker = CeleryBroker(settings)  # kombu's SQLAlchemy transport on a SQLite file
+    assert broker.pending_jobs("q1") == set()
+    broker.enqueue("job_a", queue="q1")
+    broker.enqueue("job_b", queue="q1", resume=True)
+    broker.enqueue("job_c", queue="q2")
+    assert broker.pending_jobs("q1") == {"job_a", "job_b"}
+    assert broker.pending_jobs("q2") == {"job_c"}
