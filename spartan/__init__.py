@@ -3,7 +3,8 @@
 ``settings`` (one pydantic-settings class), ``spec`` (the job specification, the contract
 between the API and the worker), ``resolve`` (the files, folders and queue a spec names),
 ``errors`` (``FieldError``: an error located in a spec), ``store`` (the job store, the source of
-truth), ``queue`` (the Celery configuration, task name, routing and the one sender), ``keys``
-(API keys) and ``client`` (the REST client). Nothing here imports torch or FastAPI
+truth), ``lease`` (liveness of the process running a job), ``queue`` (the Celery configuration,
+task name, routing, the one sender and the re-sending of lost messages), ``keys`` (API keys) and
+``client`` (the REST client). Nothing here imports torch or FastAPI
 (``lint-imports`` checks it).
 """
