@@ -21,6 +21,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +36,10 @@ from spartan.settings import Settings
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-QUICKSTART = REPO_ROOT / "examples" / "quickstart.yaml"
+# The example job specs ship inside the package (``spartan/examples`` is package data; in the
+# repository it links to ``examples/``), so ``spartan demo`` works from an installed wheel.
+EXAMPLES = Path(str(resources.files("spartan") / "examples"))
+QUICKSTART = EXAMPLES / "quickstart.yaml"
 
 
 def worker_command(settings: Settings) -> list[str]:

@@ -1,4 +1,5 @@
-"""The deployment files: docker-compose.yml services, health checks, GPU reservation."""
+"""The deployment files: docker-compose.yml services, health checks, the GPU and CPU worker
+profiles, the required database password."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
+WORKERS = ("worker", "worker-cpu")
 
 
 @pytest.fixture(scope="module")
@@ -18,8 +20,8 @@ def compose() -> dict[str, Any]:
 
 def test_services_and_health_checks(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert {"redis", "postgres", "api", "worker"} <= set(services)
-    for name in ("redis", "postgres", "api", "worker"):
+    assert {"redis", "postgres", "api", *WORKERS} <= set(services)
+    for name in ("redis", "postgres", "api", *WORKERS):
         check = services[name]["healthcheck"]
         assert check["test"] and check["interval"] and check["retries"] >= 1, name
     assert "readyz" in " ".join(services["api"]["healthcheck"]["test"])
@@ -27,7 +29,7 @@ def test_services_and_health_checks(compose: dict[str, Any]) -> None:
 
 def test_startup_order_waits_for_healthy_dependencies(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    for name in ("api", "worker"):
+    for name in ("api", *WORKERS):
         deps = services[name]["depends_on"]
         for dep in ("redis", "postgres"):
             assert deps[dep]["condition"] == "service_healthy", (name, dep)
@@ -35,7 +37,7 @@ def test_startup_order_waits_for_healthy_dependencies(compose: dict[str, Any]) -
 
 def test_configuration_by_environment(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    for name in ("api", "worker"):
+    for name in ("api", *WORKERS):
         env = services[name]["environment"]
         assert env["SPARTAN_BROKER_URL"].startswith("redis://redis:")
         assert env["SPARTAN_DATABASE_URL"].startswith("postgresql+psycopg://")
@@ -53,15 +55,34 @@ def test_worker_reserves_a_gpu(compose: dict[str, Any]) -> None:
     assert any("gpu" in d["capabilities"] and d.get("count", 0) >= 1 for d in devices)
 
 
+def test_a_cpu_profile_runs_without_a_gpu(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert services["worker"]["profiles"] == ["gpu"]
+    assert services["worker-cpu"]["profiles"] == ["cpu"]
+    assert "resources" not in (services["worker-cpu"].get("deploy") or {})
+    assert services["worker-cpu"]["command"] == services["worker"]["command"]
+    # everything else starts in either profile
+    assert all("profiles" not in services[name] for name in ("redis", "postgres", "api"))
+
+
+def test_the_database_password_is_required(compose: dict[str, Any]) -> None:
+    required = "${POSTGRES_PASSWORD:?"
+    services = compose["services"]
+    assert services["postgres"]["environment"]["POSTGRES_PASSWORD"].startswith(required)
+    for name in ("api", *WORKERS):
+        url = services[name]["environment"]["SPARTAN_DATABASE_URL"]
+        assert f":{required}" in url and ":-" not in url, name
+
+
 def test_api_and_worker_share_the_artifact_volume(compose: dict[str, Any]) -> None:
     services = compose["services"]
 
     def mounts(name: str) -> dict[str, str]:
         return dict(v.split(":")[:2][::-1] for v in services[name]["volumes"])
 
-    api_target, worker_target = mounts("api"), mounts("worker")
     home = services["api"]["environment"]["SPARTAN_HOME"]
-    assert api_target[home] == worker_target[home] == "artifacts"
+    for worker in WORKERS:
+        assert mounts("api")[home] == mounts(worker)[home] == "artifacts"
     assert "artifacts" in compose["volumes"]
     assert services["api"]["environment"]["SPARTAN_ARTIFACT_DIR"].startswith(home)
 
@@ -70,6 +91,7 @@ def test_dockerfile_installs_the_package(compose: dict[str, Any]) -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert dockerfile.startswith("#") and "FROM python:3.11" in dockerfile
     assert "pip install" in dockerfile and "spartan" in dockerfile
+    assert "[service]" in dockerfile  # the service's dependencies are an extra
     assert compose["services"]["api"]["build"] == "."
 
 
