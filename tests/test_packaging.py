@@ -134,3 +134,37 @@ def test_spartan_demo_runs_from_the_wheel(wheel: Path, tmp_path: Path) -> None:
         log.read_text()[-3000:] if log.exists() else "",
     )
     assert "succeeded" in demo.stdout and "service stopped" in demo.stdout
+
+
+SERVICE_ONLY = (
+    "fastapi", "starlette", "uvicorn", "multipart", "httpx", "celery", "kombu", "redis",
+    "sqlalchemy", "alembic", "psycopg", "prometheus_client", "typer", "rich", "pydantic",
+    "pydantic_settings", "yaml", "sklearn", "onnx", "onnxscript", "onnxruntime",
+)  # fmt: skip
+
+
+def test_the_library_runs_without_the_service_extra() -> None:
+    """spartan_core and cost_models import nothing of the [service] extra: train a few steps
+    and plan with every service-only package made unimportable."""
+    code = textwrap.dedent(f"""
+        import sys
+        for name in {SERVICE_ONLY!r}:
+            sys.modules[name] = None  # import fails, find_spec answers "not installed"
+        import torch
+        from torch import nn
+        import cost_models
+        from spartan_core import Sparsifier, SparsifierConfig
+        model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+        sparsifier = Sparsifier(model, SparsifierConfig(target=0.2), total_steps=4)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        for _ in range(4):
+            model(torch.randn(8, 16)).sum().backward()
+            opt.step(); opt.zero_grad(); sparsifier.step()
+        sparsifier.finalize()
+        cost_models.plan(model, cost_models.get("params"), 0.3)
+        print("ok")
+    """)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300
+    )
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
