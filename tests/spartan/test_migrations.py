@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import (
@@ -23,6 +26,7 @@ from sqlalchemy import (
     inspect,
     text,
 )
+from sqlalchemy.exc import OperationalError
 from typer.testing import CliRunner
 
 from cli.main import app as cli_app
@@ -82,6 +86,33 @@ def _legacy_schema() -> MetaData:
     return md
 
 
+POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def empty_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The URL of an empty database: a SQLite file, or a PostgreSQL database of its own
+    (``scripts/services.sh`` starts the server; skipped when it is not running)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'legacy.db'}"
+        return
+    name = f"spartan_mig_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(f"{POSTGRES}/postgres", isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f"CREATE DATABASE {name}"))
+    except OperationalError:
+        admin.dispose()
+        pytest.skip("no PostgreSQL on 127.0.0.1:5432 (scripts/services.sh starts one)")
+    try:
+        yield f"{POSTGRES}/{name}"
+    finally:
+        get_engine(f"{POSTGRES}/{name}").dispose()
+        with admin.connect() as conn:
+            conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        admin.dispose()
+
+
 def _revision(url: str) -> str | None:
     engine = create_engine(url)
     try:
@@ -91,9 +122,8 @@ def _revision(url: str) -> str | None:
         engine.dispose()
 
 
-def test_a_new_database_is_at_the_newest_revision_and_matches_the_model(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'new.db'}"
-    engine = get_engine(url)
+def test_a_new_database_is_at_the_newest_revision_and_matches_the_model(empty_db: str) -> None:
+    engine = get_engine(empty_db)
     with engine.connect() as conn:
         assert migrations.current(conn) == migrations.head()
         # every column and index of spartan.store has its migration
@@ -101,8 +131,8 @@ def test_a_new_database_is_at_the_newest_revision_and_matches_the_model(tmp_path
     assert diff == []
 
 
-def test_a_database_from_before_migrations_is_stamped_and_upgraded(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'legacy.db'}"
+def test_a_database_from_before_migrations_is_stamped_and_upgraded(empty_db: str) -> None:
+    url = empty_db
     legacy = create_engine(url)
     _legacy_schema().create_all(legacy)
     now = datetime.now(UTC)
@@ -110,7 +140,7 @@ def test_a_database_from_before_migrations_is_stamped_and_upgraded(tmp_path: Pat
         conn.execute(
             text(
                 "INSERT INTO jobs (id, owner, status, spec, attempts, cancel_requested, "
-                "created_at, updated_at) VALUES ('job_old', 'alice', 'succeeded', '{}', 1, 0, "
+                "created_at, updated_at) VALUES ('job_old', 'alice', 'succeeded', '{}', 1, false, "
                 ":now, :now)"
             ),
             {"now": now},
