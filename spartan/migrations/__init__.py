@@ -12,14 +12,17 @@ new one for every change to the tables of ``spartan.store``, for instance with
 
 from __future__ import annotations
 
+import fcntl
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
@@ -28,6 +31,7 @@ log = logging.getLogger(__name__)
 FOLDER = Path(__file__).resolve().parent
 BASELINE = "0001"  # the schema of databases made by create_all, before migrations
 LEGACY_TABLES = frozenset({"jobs", "uploads", "api_keys"})
+PG_LOCK_KEY = 0x5350_4D49  # pg_advisory_lock key held while migrating ("SPMI")
 
 
 def config(connection: Connection | None = None) -> Config:
@@ -52,15 +56,44 @@ def current(connection: Connection) -> str | None:
 
 def upgrade(engine: Engine, revision: str = "head") -> str | None:
     """Bring the database to ``revision`` (default: the newest); returns the revision it is
-    at afterwards. Safe to run from several processes at once: a process that loses the race
-    finds the database upgraded by the other."""
-    try:
-        return _upgrade(engine, revision)
-    except DBAPIError:
+    at afterwards. Safe to run from several processes at once (the API and its worker start
+    together): one migrates while the others wait on a lock (PostgreSQL: an advisory lock;
+    SQLite: a lock file beside the database), then find it done."""
+    newest = head()
+    with engine.connect() as conn:
+        if revision == "head" and current(conn) == newest:
+            return newest
+    with _exclusive(engine):
+        try:
+            return _upgrade(engine, revision)
+        except DBAPIError:
+            with engine.connect() as conn:
+                if current(conn) == newest:
+                    return newest
+            raise
+
+
+@contextmanager
+def _exclusive(engine: Engine) -> Iterator[None]:
+    """Hold a lock that only one migrating process can hold at a time."""
+    if engine.dialect.name == "postgresql":
         with engine.connect() as conn:
-            if current(conn) == head():
-                return head()
-        raise
+            conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": PG_LOCK_KEY})
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": PG_LOCK_KEY})
+        return
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or not database or database == ":memory:":
+        yield
+        return
+    with open(f"{database}.migrate-lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _upgrade(engine: Engine, revision: str) -> str | None:
