@@ -1,5 +1,5 @@
 """``python -m cli``: the ``spartan`` command."""
 
-from cli.main import main
+from cli import main
 
 main()

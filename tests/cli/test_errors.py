@@ -133,3 +133,12 @@ def test_apikey_list_and_revoke(settings: Settings) -> None:
     assert owner_for_key(store, key) is None
     result = runner.invoke(cli_app, ["apikey", "revoke", "key_nope"])
     assert result.exit_code == 2 and "apikey list" in result.output
+
+
+def test_without_the_service_extra_the_command_says_what_to_install() -> None:
+    code = "import sys; sys.modules['typer'] = None; import cli; cli.main()"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "pip install 'spartan[service]'" in result.stderr
