@@ -361,8 +361,10 @@ def db_upgrade() -> None:
 
 @db_app.command("current")
 def db_current() -> None:
-    """Print the job store's schema revision and the newest one."""
-    engine = create_engine(get_settings().database_url)
+    """Print the job store's schema revision and the newest one (none: not migrated yet)."""
+    settings = get_settings()
+    settings.ensure_dirs()
+    engine = create_engine(settings.database_url)
     try:
         with engine.connect() as conn:
             at = migrations.current(conn)
