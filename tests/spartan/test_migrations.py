@@ -162,6 +162,18 @@ def test_a_database_from_before_migrations_is_stamped_and_upgraded(empty_db: str
     assert migrations.upgrade(store.engine) == migrations.head()
 
 
+def test_a_database_with_only_some_tables_gets_the_others(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'partial.db'}"
+    legacy = create_engine(url)
+    schema = _legacy_schema()
+    schema.tables["jobs"].create(legacy)
+    legacy.dispose()
+    store = JobStore(url)
+    assert _revision(url) == migrations.head()
+    assert {"jobs", "uploads", "api_keys"} <= set(inspect(store.engine).get_table_names())
+    assert create_api_key(store, owner="dan").startswith("spk_")
+
+
 def test_spartan_db_upgrade(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     from spartan.settings import get_settings
 

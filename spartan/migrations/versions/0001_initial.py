@@ -1,5 +1,8 @@
 """The initial schema: jobs, uploads and API keys as ``create_all`` made them.
 
+A table that exists already is left as it is (a database made before migrations that lacks
+some of them: ``spartan.migrations`` stamps one that has them all instead of running this).
+
 Revision ID: 0001
 Revises:
 Create Date: 2026-12-03
@@ -19,6 +22,16 @@ _TS = sa.DateTime(timezone=True)
 
 
 def upgrade() -> None:
+    existing = set(sa.inspect(op.get_bind()).get_table_names())
+    if "jobs" not in existing:
+        _jobs()
+    if "uploads" not in existing:
+        _uploads()
+    if "api_keys" not in existing:
+        _api_keys()
+
+
+def _jobs() -> None:
     op.create_table(
         "jobs",
         sa.Column("id", sa.String(40), primary_key=True),
@@ -43,6 +56,9 @@ def upgrade() -> None:
     )
     op.create_index("ix_jobs_owner", "jobs", ["owner"])
     op.create_index("ix_jobs_status", "jobs", ["status"])
+
+
+def _uploads() -> None:
     op.create_table(
         "uploads",
         sa.Column("id", sa.String(40), primary_key=True),
@@ -55,6 +71,9 @@ def upgrade() -> None:
         sa.Column("created_at", _TS, nullable=False),
     )
     op.create_index("ix_uploads_owner", "uploads", ["owner"])
+
+
+def _api_keys() -> None:
     op.create_table(
         "api_keys",
         sa.Column("id", sa.String(40), primary_key=True),
