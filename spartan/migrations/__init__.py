@@ -14,18 +14,22 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+# Alembic itself (about 11 MB) is imported only when a database needs migrating: a process
+# opening a database that is up to date reads alembic_version with one query.
 log = logging.getLogger(__name__)
 
 FOLDER = Path(__file__).resolve().parent
@@ -36,22 +40,35 @@ PG_LOCK_KEY = 0x5350_4D49  # pg_advisory_lock key held while migrating ("SPMI")
 
 def config(connection: Connection | None = None) -> Config:
     """An Alembic configuration for these revisions (no alembic.ini needed)."""
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(FOLDER))
     cfg.attributes["connection"] = connection
     return cfg
 
 
+@lru_cache(maxsize=1)
 def head() -> str:
-    """The newest revision."""
-    revision = ScriptDirectory.from_config(config()).get_current_head()
-    assert revision is not None
-    return revision
+    """The newest revision: the one no other revision revises (read from ``versions/``
+    without importing Alembic; ``tests/spartan/test_migrations.py`` checks it against
+    Alembic's answer)."""
+    revises: dict[str, str | None] = {}
+    for path in (FOLDER / "versions").glob("[0-9]*.py"):
+        source = path.read_text(encoding="utf-8")
+        rev = re.search(r'^revision = "([^"]+)"', source, re.M)
+        down = re.search(r'^down_revision = (?:"([^"]+)"|None)', source, re.M)
+        assert rev is not None and down is not None, path
+        revises[rev.group(1)] = down.group(1)
+    [newest] = set(revises) - set(revises.values())
+    return newest
 
 
 def current(connection: Connection) -> str | None:
     """The revision the database is at (None: not under migrations yet)."""
-    return MigrationContext.configure(connection).get_current_revision()
+    if not inspect(connection).has_table("alembic_version"):
+        return None
+    return connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
 
 
 def upgrade(engine: Engine, revision: str = "head") -> str | None:
@@ -100,8 +117,12 @@ def _upgrade(engine: Engine, revision: str) -> str | None:
     with engine.begin() as conn:
         if current(conn) is None and set(inspect(conn).get_table_names()) >= LEGACY_TABLES:
             log.info("database made before migrations: stamping it at %s", BASELINE)
+            from alembic import command
+
             command.stamp(config(conn), BASELINE)
     with engine.begin() as conn:
         if current(conn) != head() or revision != "head":
+            from alembic import command
+
             command.upgrade(config(conn), revision)
         return current(conn)

@@ -162,6 +162,12 @@ def test_a_database_from_before_migrations_is_stamped_and_upgraded(empty_db: str
     assert migrations.upgrade(store.engine) == migrations.head()
 
 
+def test_head_is_alembics_head() -> None:
+    from alembic.script import ScriptDirectory
+
+    assert migrations.head() == ScriptDirectory.from_config(migrations.config()).get_current_head()
+
+
 def test_a_database_with_only_some_tables_gets_the_others(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'partial.db'}"
     legacy = create_engine(url)
