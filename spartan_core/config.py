@@ -21,6 +21,8 @@ from spartan_core.nm import NMShape, validate_nm
 
 ANNEALINGS = ("linear", "cosine")
 VALUE_SCALES = ("mean", "none")
+FORWARDS = ("hard", "soft")
+WEIGHT_GRADS = ("dense", "soft")
 DEFAULT_BETA_INIT = 10.0
 DEFAULT_BETA_MAX = 10.0
 DEFAULT_LAYER_FLOOR = 0.0
@@ -98,6 +100,15 @@ class SparsifierConfig:
             ``ParamsCost``, prices one unit per weight. ``cost_models.get(name)`` builds the
             registered ones (flops, memory, latency tables...) by name.
         value_scale: ``mean`` or ``none``, see "Beta scale" above.
+        forward: Spartan's forward weight before the freeze: ``hard``, w * h (the default),
+            or ``soft``, (w * m) * h as published. In a network without normalisation the
+            soft mask's shrinkage of the kept weights (mean m about 0.5-0.8 on them) changes
+            the function it trains; batch norm hides it (docs/accuracy.md, "Why the defaults
+            depart from the paper"). The frozen mask and ``finalize()`` follow: h, or m * h.
+        weight_grad: the gradient reaching w through the masked product: ``dense``, G (the
+            default, as Top-KAST's straight-through: pruned weights keep learning at the full
+            rate), or ``soft``, G * m as published (a pruned weight learns at the rate of its
+            small m). The soft top-k's implicit gradient through m is added in both cases.
         layer_floor: under the ``global`` distribution, every masked layer keeps at least
             about this share of the group's kept fraction f, counted in entries (its
             largest), so that no layer is pruned away and an expensive layer is not starved;
@@ -123,12 +134,16 @@ class SparsifierConfig:
     cost_model: CostModel = field(default_factory=ParamsCost)
     value_scale: str = "mean"
     layer_floor: float = DEFAULT_LAYER_FLOOR
+    forward: str = "hard"  # "soft": the published (w * m) * h
+    weight_grad: str = "dense"  # "soft": the published G * m
 
     def __post_init__(self) -> None:
         _choice("method", self.method, tuple(METHODS))
         _choice("distribution", self.distribution, tuple(DISTRIBUTIONS))
         _choice("annealing", self.annealing, ANNEALINGS)
         _choice("value_scale", self.value_scale, VALUE_SCALES)
+        _choice("forward", self.forward, FORWARDS)
+        _choice("weight_grad", self.weight_grad, WEIGHT_GRADS)
         if self.target is None and self.nm is None:
             raise ValueError("target: expected a kept cost fraction in (0, 1], got None")
         if self.target is not None and (not _is_real(self.target) or not 0.0 < self.target <= 1.0):

@@ -212,6 +212,8 @@ class MaskParametrization(nn.Module):
         self.floor = -math.inf  # unit value of the layer's floor threshold (-inf: select anew)
         self.kept: int | None = None  # entries the hard mask kept at the last update, if counted
         self.frozen = False
+        self.dense_grad = False  # Spartan: dL/dw through the product is G, not G * m
+        self.scaled_forward = True  # Spartan: forward (w * m) * h; False: w * h
         self.register_buffer(
             "hard", torch.ones(self.entry_shape, dtype=torch.bool, device=weight.device), False
         )
@@ -390,7 +392,9 @@ class SoftMask(torch.autograd.Function):
         soft, hard = layer.soft, layer.hard
         group = layer.group
         assert soft is not None and group is not None
-        if layer.unstructured and native.usable(weight, soft, hard):
+        if not layer.scaled_forward:
+            out = masked_product(weight, hard, layer)
+        elif layer.unstructured and native.usable(weight, soft, hard):
             out = native.masked_forward(weight, soft, hard)
         else:
             out = layer.blocks(weight) * soft
@@ -410,12 +414,17 @@ class SoftMask(torch.autograd.Function):
         want_w, want_dual = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad = layer.blocks(grad_out)
         if not ctx.coupled:
-            return (grad * soft).view(layer.weight_shape) if want_w else None, None, None
+            if not want_w:
+                return None, None, None
+            local = grad.clone() if layer.dense_grad else grad * soft
+            return local.view(layer.weight_shape), None, None
         w = layer.blocks(weight)
         coef = ctx.slope / layer.cost
         grad_dual = None
         if layer.unstructured and want_w and native.usable(weight, soft):
             grad_w, dot = native.soft_backward(grad_out.contiguous(), weight, soft, coef)
+            if layer.dense_grad:  # G * (1 - m) more: G + coef * s * |w| * G
+                grad_w.addcmul_(grad_out, 1.0 - soft)
             if want_dual:
                 grad_dual = weight.new_tensor(-ctx.slope * dot)
             return _hand_over(ctx, grad_w.view(layer.weight_shape), grad_dual)
@@ -428,7 +437,8 @@ class SoftMask(torch.autograd.Function):
                 return None, grad_dual, None
             # G * m + coef * s * (G * w) * sign(w) = G * (m + coef * s * |w|)
             g = torch.abs(w, out=g)
-            grad_w = torch.addcmul(soft, s, g, value=coef, out=s).mul_(grad)
+            base = torch.ones_like(soft) if layer.dense_grad else soft
+            grad_w = torch.addcmul(base, s, g, value=coef, out=s).mul_(grad)
         else:
             g = torch.mul(grad, w, out=layer.scratch.like(w))  # dL/dm per weight
             g = g.sum(dim=(1, 3), keepdim=True).mul_(s)  # g_j s_j, (R, 1, C, 1)
@@ -436,7 +446,8 @@ class SoftMask(torch.autograd.Function):
                 grad_dual = (g.sum() * -ctx.slope).reshape(())
             if not want_w:
                 return None, grad_dual, None
-            grad_w = grad * soft  # h is the identity in the backward
+            # h is the identity in the backward
+            grad_w = grad.clone() if layer.dense_grad else grad * soft
             grad_w.addcmul_(torch.sign(w), g, value=coef)
         return _hand_over(ctx, grad_w.view(layer.weight_shape), grad_dual)
 
@@ -527,8 +538,9 @@ class NMSoftMask(torch.autograd.Function):
     def forward(ctx: Any, weight: Tensor, layer: MaskParametrization) -> Tensor:
         soft, hard, group = layer.soft, layer.hard, layer.group
         assert soft is not None and group is not None and layer.nm is not None
-        out = weight * soft
+        out = weight * soft if layer.scaled_forward else weight.clone()
         out.mul_(hard.view(torch.uint8))
+        ctx.dense_grad = layer.dense_grad
         ctx.m = layer.nm[1]
         ctx.coef = group.slope / layer.cost if group.fraction < 1.0 else 0.0
         ctx.save_for_backward(weight, soft)
@@ -538,7 +550,7 @@ class NMSoftMask(torch.autograd.Function):
     @once_differentiable
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, None]:
         weight, soft = ctx.saved_tensors
-        grad_w = grad_out * soft
+        grad_w = grad_out.clone() if ctx.dense_grad else grad_out * soft
         if ctx.coef == 0.0:
             return grad_w, None
         m = ctx.m

@@ -275,7 +275,7 @@ class Spartan(Method):
 
     def forward(self, weight: Tensor, layer: MaskParametrization) -> Tensor:
         if layer.frozen:
-            return masked_product(weight, layer.soft, layer)
+            return masked_product(weight, layer.soft if layer.scaled_forward else layer.hard, layer)
         if layer.nm is not None:
             return NMSoftMask.apply(weight, layer)
         group = layer.group

@@ -265,7 +265,7 @@ class Sparsifier:
         values = {}
         for layer in self.layers:
             mask = layer.hard.to(self._dtype(layer))
-            if layer.soft is not None:
+            if layer.soft is not None and layer.scaled_forward:
                 mask = mask * layer.soft
             values[layer.name] = layer.expand(mask)
         return values
@@ -452,6 +452,8 @@ class Sparsifier:
                 self._scratch,
                 nm=self.config.nm,
             )
+            layer.scaled_forward = self.config.forward == "soft"
+            layer.dense_grad = self.config.weight_grad == "dense"
             layer.group = DualGroup([layer])  # placeholder until the first update
             parametrize.register_parametrization(module, target.param_name, layer)
             self.layers.append(layer)

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 from torch.testing import assert_close
@@ -42,6 +43,9 @@ def _config(**kw: object) -> SparsifierConfig:
         "beta_init": 2.0,
         "beta_max": 2.0,
         "layer_floor": 0.0,
+        # the published forward (w * m) * h and gradient G * m: the exact derivative checked here
+        "forward": "soft",
+        "weight_grad": "soft",
     }
     base.update(kw)
     return SparsifierConfig(**base)  # type: ignore[arg-type]
@@ -345,3 +349,28 @@ def test_handing_local_gradients_to_the_dual_node_changes_nothing() -> None:
         grads.append([sparsifier._original(i).grad.clone() for i in range(2)])
     for a, b in zip(*grads, strict=True):
         assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("block_shape", [(1, 1), (2, 2)])
+def test_default_forward_is_hard_and_pruned_weights_get_the_dense_gradient(
+    block_shape: BlockShape,
+) -> None:
+    """forward="hard": w * h; weight_grad="dense" adds G * (1 - m) to the published gradient."""
+    grads = {}
+    for weight_grad in ("dense", "soft"):
+        model = _mlp()
+        config = _config(block_shape=block_shape, forward="hard", weight_grad=weight_grad)
+        sparsifier = Sparsifier(model, config, total_steps=10)
+        sparsifier.step()
+        layer = sparsifier.layers[0]
+        first = model[0]
+        w = first.parametrizations.weight.original
+        w_fwd = first.weight
+        assert_close(w_fwd, w * layer.expand(layer.hard).to(w.dtype), atol=0, rtol=0)
+        w_fwd.retain_grad()
+        x = torch.randn(5, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+        out = model[2](torch.tanh(F.linear(x, w_fwd, first.bias)))
+        out.square().sum().backward()
+        grads[weight_grad] = (w.grad.clone(), w_fwd.grad.clone(), layer.expand(layer.soft))
+    (dense, g_out, soft), (published, _, _) = grads["dense"], grads["soft"]
+    assert_close(dense - published, g_out * (1.0 - soft))

@@ -131,7 +131,7 @@ def test_schedule_anneals_the_kept_mass_per_group(method: str) -> None:
 
 def test_spartan_soft_masks_keep_the_scheduled_mass_per_group() -> None:
     model = _cnn()
-    config = SparsifierConfig(nm=(2, 4), warmup_frac=0.5, annealing="linear")
+    config = SparsifierConfig(nm=(2, 4), warmup_frac=0.5, annealing="linear", forward="soft")
     sparsifier = Sparsifier(model, config, total_steps=8)  # W = 4
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
     helpers.train(model, sparsifier, optimizer, helpers.batches(2, 4))  # k = 4 - 2 * 2 / 4 = 3
