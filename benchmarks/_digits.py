@@ -33,7 +33,27 @@ SPLIT_SEED = 0
 VAL_SIZE = 360
 # Layers left dense per model; "mlp16" masks every layer (its 16-way head, 6 outputs unused,
 # lets 4x4 blocks tile it), the setting where soft-mask shrinkage shows (docs/accuracy.md).
-DENSE_LAYERS = {"cnn": ("stem", "head"), "mlp": ("head",), "mlp16": ()}
+DENSE_LAYERS = {
+    "cnn": ("stem", "head"),
+    "mlp": ("head",),
+    "mlp16": (),
+    "genmlp": ("head",),
+    "cnnbn": ("stem", "head"),
+    "vit": ("patch_embed.proj", "head"),
+}
+# The generated task of the harder suite: sklearn.datasets.make_classification (no download)
+GEN_TASK = {
+    "n_samples": 6000,
+    "n_features": 32,
+    "n_informative": 20,
+    "n_redundant": 6,
+    "n_classes": 10,
+    "n_clusters_per_class": 3,
+    "class_sep": 1.2,
+    "flip_y": 0.02,
+    "random_state": 7,
+}
+GEN_TRAIN = 5000  # the first 5,000 samples train, the last 1,000 validate
 
 
 @dataclass(frozen=True)
@@ -71,6 +91,25 @@ def load_digits_split() -> Digits:
     )
 
 
+@functools.cache
+def load_generated_split() -> Digits:
+    """``GEN_TASK`` from make_classification: 5,000 training and 1,000 validation samples of
+    32 features (x (N, 32) standardised with the training statistics)."""
+    from sklearn.datasets import make_classification
+
+    x, y = make_classification(**GEN_TASK)
+    x = torch.tensor(x, dtype=torch.float32)
+    y = torch.tensor(y, dtype=torch.int64)
+    mean, std = x[:GEN_TRAIN].mean(0), x[:GEN_TRAIN].std(0)
+    x = (x - mean) / std
+    return Digits(x[:GEN_TRAIN], y[:GEN_TRAIN], x[GEN_TRAIN:], y[GEN_TRAIN:])
+
+
+def load_data(model: str) -> Digits:
+    """The split a model trains on: the generated task for ``genmlp``, digits otherwise."""
+    return load_generated_split() if model == "genmlp" else load_digits_split()
+
+
 class SmallCNN(nn.Module):
     """Three 3x3 convolutions and a linear head, 57,856 weights (the stem and head dense)."""
 
@@ -103,7 +142,64 @@ class SmallMLP(nn.Module):
         return self.head(x)
 
 
-MODELS = {"cnn": SmallCNN, "mlp": SmallMLP, "mlp16": functools.partial(SmallMLP, outputs=16)}
+class GenMLP(nn.Module):
+    """32-256-256-10 with ReLU and no normalisation, 75,776 weights (the head dense)."""
+
+    def __init__(self, hidden: int = 256) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(GEN_TASK["n_features"], hidden)
+        self.fc2 = nn.Linear(hidden, hidden)
+        self.head = nn.Linear(hidden, GEN_TASK["n_classes"])
+
+    def forward(self, x: Tensor) -> Tensor:  # x (B, 32)
+        return self.head(F.relu(self.fc2(F.relu(self.fc1(x)))))
+
+
+class BNCNN(nn.Module):
+    """``SmallCNN`` with batch norm after every convolution."""
+
+    def __init__(self, width: int = 32) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(1, width, 3, padding=1, bias=False)  # (B, 32, 8, 8)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, 2 * width, 3, padding=1, bias=False)  # (B, 64, 8, 8)
+        self.bn2 = nn.BatchNorm2d(2 * width)
+        self.conv3 = nn.Conv2d(2 * width, 2 * width, 3, padding=1, bias=False)  # (B, 64, 4, 4)
+        self.bn3 = nn.BatchNorm2d(2 * width)
+        self.head = nn.Linear(2 * width * 2 * 2, 10)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.relu(self.bn1(self.stem(x)))
+        x = F.max_pool2d(F.relu(self.bn2(self.conv2(x))), 2)
+        x = F.max_pool2d(F.relu(self.bn3(self.conv3(x))), 2)
+        return self.head(x.flatten(1))
+
+
+def small_vit() -> nn.Module:
+    """A timm VisionTransformer (LayerNorm, random init) on 8x8 digits: 2x2 patches (16
+    tokens and a class token), width 64, depth 2, 4 heads, MLP ratio 2."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    return VisionTransformer(
+        img_size=8,
+        patch_size=2,
+        in_chans=1,
+        num_classes=10,
+        embed_dim=64,
+        depth=2,
+        num_heads=4,
+        mlp_ratio=2.0,
+    )
+
+
+MODELS = {
+    "cnn": SmallCNN,
+    "mlp": SmallMLP,
+    "mlp16": functools.partial(SmallMLP, outputs=16),
+    "genmlp": GenMLP,
+    "cnnbn": BNCNN,
+    "vit": small_vit,
+}
 
 
 class SpartanHardFreeze(Spartan):
@@ -138,6 +234,8 @@ class Budget:
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    optimizer: str = "sgd"  # "sgd" (Nesterov) or "adamw"
+    warmup_epochs: int = 1  # linear learning-rate warm-up
 
 
 @dataclass(frozen=True)
@@ -150,6 +248,7 @@ class RunSpec:
     block: int
     seed: int
     budget: Budget = field(default_factory=Budget)
+    nm: tuple[int, int] | None = None  # N:M instead of blocks (block is then 1)
     options: dict[str, Any] = field(default_factory=dict)  # extra SparsifierConfig fields
     cost_table: dict[str, Any] | None = None  # a latency table to price the result with
     cost_target: float | None = None  # train under cost_table to this kept cost fraction
@@ -194,22 +293,26 @@ def run(spec: RunSpec, data: Digits | None = None) -> dict[str, Any]:
         epoch), ``cost_fraction`` (the kept fraction of the whole model's
         maskable cost under ``cost_table``, when one is given) and ``seconds``.
     """
-    data = data or load_digits_split()
+    data = data or load_data(spec.model)
     b = spec.budget
     torch.manual_seed(spec.seed)
     model = MODELS[spec.model]()
     steps_per_epoch = math.ceil(len(data.y_train) / b.batch_size)
     total = b.epochs * steps_per_epoch
-    optimizer = torch.optim.SGD(
-        model.parameters(),
-        lr=b.lr,
-        momentum=b.momentum,
-        nesterov=True,
-        weight_decay=b.weight_decay,
-    )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, steps_per_epoch, total)
-    )
+    if b.optimizer == "adamw":
+        optimizer: torch.optim.Optimizer = torch.optim.AdamW(
+            model.parameters(), lr=b.lr, weight_decay=b.weight_decay
+        )
+    else:
+        optimizer = torch.optim.SGD(
+            model.parameters(),
+            lr=b.lr,
+            momentum=b.momentum,
+            nesterov=True,
+            weight_decay=b.weight_decay,
+        )
+    warmup = b.warmup_epochs * steps_per_epoch
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, total))
     include = tuple(masked_names(model, spec.model))
     sparsifier = None
     cost_model = None
@@ -222,6 +325,9 @@ def run(spec: RunSpec, data: Digits | None = None) -> dict[str, Any]:
             assert cost_model is not None
             target = spec.cost_target
             options = {"cost_model": cost_model}
+        elif spec.nm is not None:
+            target = None  # the Sparsifier's n / m of the masked layers
+            options = {"nm": spec.nm}
         else:
             assert spec.sparsity is not None
             target = whole_model_target(model, spec.model, 1.0 - spec.sparsity)
