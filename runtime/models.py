@@ -3,10 +3,14 @@
 The builders and the source registry live in ``cost_models.architectures`` (one place, shared
 with ``cost_models.load_sparse`` and ``spartan export``); this module names errors after the
 job spec's ``model`` fields and loads user checkpoints. ``create_model`` is the factory the
-job runtime, the validation and the CLI share. Models are randomly initialised (no pretrained
-download ever); weights come from a user checkpoint through ``load_checkpoint``, which reads
-safetensors or, for ``.pt``/``.pth``, ``torch.load`` with ``weights_only=True`` — user files
-are never unpickled.
+job runtime, the validation and the CLI share. Models are randomly initialised unless
+``create_model(spec, pretrained=True)`` is asked for a spec with ``model.pretrained``: then
+timm loads its pretrained weights (``timm.create_model(name, pretrained=True)``: tagged names
+such as ``resnet50.a1_in1k`` and ``hf-hub:`` ids, from the Hugging Face cache, offline with
+``HF_HUB_OFFLINE=1``). Only the training run asks for them; validation, bounds and export
+build the architecture alone. Otherwise weights come from a user checkpoint through
+``load_checkpoint``, which reads safetensors or, for ``.pt``/``.pth``, ``torch.load`` with
+``weights_only=True`` — user files are never unpickled.
 
 Input channels: timm models take ``in_chans``; for torchvision models with a channel count other
 than 3, the first 3-channel ``Conv2d`` is replaced by one with the requested channels (such a
@@ -37,6 +41,7 @@ __all__ = [
     "CHECKPOINT_SUFFIXES",
     "ModelSource",
     "check_architecture",
+    "check_pretrained",
     "create_model",
     "get_source",
     "list_architectures",
@@ -66,17 +71,59 @@ def check_architecture(source: str, name: str) -> None:
     architectures.check_architecture(source, name, field="model")
 
 
-def create_model(spec: ModelSpec) -> nn.Module:
-    """A randomly initialised network for ``spec`` (the checkpoint is not loaded here).
+def check_pretrained(spec: ModelSpec) -> None:
+    """Check, loading nothing, that the pretrained weights ``spec`` asks for can be loaded.
 
-    Build it under ``with torch.device("meta"):`` to inspect shapes without allocating.
+    Fast and offline: the tag must be known to timm and, with ``HF_HUB_OFFLINE`` set, the files
+    must be in the Hugging Face cache. Does nothing when ``spec.pretrained`` is false.
+
+    Raises:
+        FieldError: at ``model.name`` (unknown tag, weights not in the cache offline) or
+            ``model.pretrained`` (a source without pretrained weights).
+    """
+    if not spec.pretrained:
+        return
+    try:
+        architectures.check_pretrained(spec.source, spec.name, field="model")
+    except ValueError as exc:
+        raise _model_field_error(exc) from None
+
+
+def create_model(spec: ModelSpec, *, pretrained: bool = False) -> nn.Module:
+    """The network for ``spec`` (the checkpoint is not loaded here).
+
+    Randomly initialised, unless ``pretrained`` and ``spec.pretrained``: then with timm's
+    pretrained weights. Build it under ``with torch.device("meta"):`` to inspect shapes
+    without allocating (never with ``pretrained``).
 
     Raises:
         ValueError: naming the field, for an unknown source or architecture.
+        FieldError: at ``model.name`` when pretrained weights cannot be loaded (unknown tag,
+            missing from the cache offline, the Hub unreachable), ``model.pretrained`` for a
+            source without them.
     """
-    return architectures.build_model(
-        spec.source, spec.name, spec.num_classes, spec.input_size, field="model"
-    )
+    if not (pretrained and spec.pretrained):
+        return architectures.build_model(
+            spec.source, spec.name, spec.num_classes, spec.input_size, field="model"
+        )
+    try:
+        return architectures.build_model(
+            spec.source,
+            spec.name,
+            spec.num_classes,
+            spec.input_size,
+            field="model",
+            pretrained=True,
+        )
+    except ValueError as exc:
+        raise _model_field_error(exc) from None
+
+
+def _model_field_error(exc: ValueError) -> FieldError:
+    """``FieldError`` at ``("model", key)`` for a core message ``model.<key>: reason``."""
+    head, sep, reason = str(exc).partition(": ")
+    key = head.removeprefix("model.") if sep and head.startswith("model.") else "name"
+    return FieldError(("model", key), reason if sep else str(exc))
 
 
 # checkpoints --------------------------------------------------------------------------------

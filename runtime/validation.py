@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from runtime.costs import build_cost_model, cost_model_params
-from runtime.models import check_architecture, create_model
+from runtime.models import check_architecture, check_pretrained, create_model
 from spartan.errors import FieldError, Loc, core_reason
 from spartan.resolve import checkpoint_file, data_path
 from spartan.settings import Settings
@@ -68,20 +68,23 @@ def check_model(spec: ModelSpec) -> nn.Module:
     """The architecture ``spec`` names, built on the meta device and probed with one input.
 
     Raises:
-        FieldError: at ``model.name`` for an unknown architecture, at ``model.input_size`` for
-            an input the architecture cannot take.
+        FieldError: at ``model.name`` for an unknown architecture or, with ``model.pretrained``,
+            an unknown tag or (offline) weights missing from the Hugging Face cache; at
+            ``model.pretrained`` for a source without pretrained weights; at
+            ``model.input_size`` for an input the architecture cannot take.
     """
     try:
         check_architecture(spec.source, spec.name)
     except ValueError as exc:
         raise FieldError(("model", "name"), core_reason(exc, "model.name")) from None
+    check_pretrained(spec)  # the tag is known; offline, the weights are in the HF cache
     with torch.device("meta"):
         try:
             model = create_model(spec).eval()
         except ValueError as exc:
-            raise FieldError(
-                ("model", "input_size"), core_reason(exc, "model.input_size")
-            ) from None
+            # model.name: an hf-hub: id whose config cannot be read; else the input size.
+            key = "name" if str(exc).startswith("model.name: ") else "input_size"
+            raise FieldError(("model", key), core_reason(exc, f"model.{key}")) from None
         try:
             model(torch.empty((1, *spec.input_size)))
         except NotImplementedError:

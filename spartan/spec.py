@@ -34,7 +34,12 @@ class ModelSpec(_Strict):
     """Which network to sparsify."""
 
     source: Literal["timm", "torchvision"] = "torchvision"
-    name: str = Field(min_length=1, max_length=200, description="architecture, e.g. resnet18")
+    name: str = Field(
+        min_length=1,
+        max_length=200,
+        description="architecture, e.g. resnet18; for timm also a pretrained tag "
+        "(resnet50.a1_in1k) or a Hugging Face Hub id (hf-hub:timm/resnet18.a1_in1k)",
+    )
     num_classes: int = Field(10, ge=2, le=100_000)
     input_size: tuple[
         Annotated[int, Field(ge=1, le=4)],
@@ -46,6 +51,20 @@ class ModelSpec(_Strict):
         description="an upload id from POST /v1/uploads, or a .safetensors path under a data "
         "root; .pt/.pth files are loaded with weights_only=True",
     )
+    pretrained: bool = Field(
+        False,
+        description="start from timm's pretrained weights for model.name (timm.create_model("
+        "name, pretrained=True): the Hugging Face cache, offline with HF_HUB_OFFLINE=1); "
+        "a classifier of another class count starts fresh",
+    )
+
+    @model_validator(mode="after")
+    def _one_weight_source(self) -> ModelSpec:
+        if self.pretrained and self.checkpoint:
+            raise ValueError(
+                "model.pretrained and model.checkpoint both give the starting weights: set one"
+            )
+        return self
 
 
 class DataSpec(_Strict):

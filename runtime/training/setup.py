@@ -72,7 +72,7 @@ def build_run(
         len(data.train),  # type: ignore[arg-type]
         tspec.batch_size,
     )
-    model = create_model(spec.model)
+    model = create_model(spec.model, pretrained=True)  # timm's weights if model.pretrained
     checkpoint = checkpoint_file(spec.model.checkpoint, settings=settings, owner=owner)
     if checkpoint is not None:
         report = load_checkpoint(model, checkpoint)
