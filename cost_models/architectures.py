@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
+from safetensors import SafetensorError
 from torch import nn
 
 from spartan_core.layers import conv2d_like
@@ -357,9 +358,10 @@ def _build_timm(
         return timm.create_model(name, **kwargs)
     except NotImplementedError:
         raise
-    except (OSError, RuntimeError) as exc:
+    except (OSError, RuntimeError, SafetensorError) as exc:
         # OSError: the Hub or the cache (LocalEntryNotFoundError offline, HTTP errors);
-        # RuntimeError: timm's unknown model or tag, or weights that do not fit.
+        # RuntimeError: timm's unknown model or tag, or weights that do not fit;
+        # SafetensorError: a damaged weights file.
         if not (pretrained or name.startswith(HF_HUB_PREFIX)):
             raise
         what = "pretrained weights" if pretrained else "the model"
