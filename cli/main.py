@@ -1,7 +1,7 @@
 """The ``spartan`` command: one entry point for the service, the worker and local runs.
 
 The top layer: it wires the service commands (``cli.service``: serve, demo, submit, status,
-cancel, download, plan, jobs, apikey, db), the worker (``cli.worker``) and local runs
+cancel, download, upload, plan, jobs, apikey, db), the worker (``cli.worker``) and local runs
 (``cli.local``: train, export). Each sub-command parses its arguments and calls a plain
 function elsewhere. ``main`` is the installed ``spartan``: errors a person can fix (the
 service unreachable, an error answer, a bad setting) end in one line naming the fix

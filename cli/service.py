@@ -1,6 +1,6 @@
 """The service sub-commands of ``spartan``: serve, demo, submit, status, cancel, download,
-plan, jobs, apikey (create, list, revoke) and db (upgrade, current). ``cli.main`` registers
-them with ``register(app)``.
+upload, plan, jobs, apikey (create, list, revoke) and db (upgrade, current). ``cli.main``
+registers them with ``register(app)``.
 
 Client commands talk to ``SPARTAN_API_URL`` (default http://127.0.0.1:8000) with the bearer
 token ``SPARTAN_API_KEY`` when set; an unreachable service or an error answer ends the command
@@ -141,6 +141,26 @@ def download(
         for name in names or available:
             path = client.download(job_id, name, folder / name)
             console.print(f"{path}")
+
+
+def upload(
+    file: Annotated[
+        Path,
+        typer.Argument(
+            exists=True, dir_okay=False, readable=True, help="a .safetensors checkpoint"
+        ),
+    ],
+) -> None:
+    """Upload a checkpoint (POST /v1/uploads) and print its id, for model.checkpoint."""
+    with _service() as client:
+        stored = client.upload(file)
+    console.print(stored["id"], markup=False, highlight=False)
+    err_console.print(
+        f"{stored['filename']}: {stored['num_tensors']} tensors, {stored['size']} bytes, "
+        f"sha256 {stored['sha256'][:12]}; use it as model.checkpoint: {stored['id']}",
+        markup=False,
+        highlight=False,
+    )
 
 
 def _block(value: str) -> list[int]:
@@ -375,7 +395,7 @@ def db_current() -> None:
 
 def register(app: typer.Typer) -> None:
     """Add the service commands to the ``spartan`` command."""
-    for command in (serve, demo, submit, status, cancel, download, plan, jobs):
+    for command in (serve, demo, submit, status, cancel, download, upload, plan, jobs):
         app.command()(command)
     app.add_typer(apikey_app, name="apikey")
     app.add_typer(db_app, name="db")
