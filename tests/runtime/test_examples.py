@@ -5,10 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from runtime.validation import validate_spec
 from spartan.settings import Settings, get_settings
 from spartan.spec import load_spec_file
+from tests.hf_cache import offline, write_repo
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml"))
 
@@ -17,6 +19,7 @@ def test_the_examples_exist() -> None:
     names = {p.name for p in EXAMPLES}
     assert {"quickstart.yaml", "cost_budget_latency.yaml", "block_sparsity.yaml"} <= names
     assert "imagefolder.yaml" in names
+    assert "finetune_pretrained.yaml" in names
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
@@ -34,6 +37,10 @@ def test_example_is_valid(
         monkeypatch.setenv("SPARTAN_DATA_ROOTS", f'["{tmp_path / ".spartan" / "data"}"]')
         get_settings.cache_clear()
         settings = get_settings()
+    if spec.model.pretrained:
+        # offline, with the weights' file in a cache of our own (validation only looks it up)
+        cache = offline(monkeypatch, tmp_path / "hf")
+        write_repo(cache, f"timm/{spec.model.name}", {"w": torch.zeros(1)})
     validate_spec(spec, settings)
 
 
