@@ -17,7 +17,7 @@ from fastapi.concurrency import run_in_threadpool
 from api import errors, services
 from api.limits import BodyLimitMiddleware
 from api.metrics import Metrics, MetricsMiddleware
-from api.routes import artifacts, catalog, health, jobs, plans, uploads
+from api.routes import artifacts, catalog, health, jobs, monitor, plans, uploads
 from spartan.queue import BROKER_DOWN, Broker, CeleryBroker, resend_lost
 from spartan.settings import Settings, get_settings
 from spartan.store import get_store
@@ -98,6 +98,7 @@ def create_app(settings: Settings | None = None, *, broker: Broker | None = None
 
     app.include_router(jobs.router)
     app.include_router(artifacts.router)
+    app.include_router(monitor.router)
     app.include_router(uploads.router)
     app.include_router(plans.router)
     app.include_router(catalog.router)

@@ -56,6 +56,9 @@ class JobPublic(BaseModel):
     )
     metrics: dict[str, Any] | None = Field(None, description="final metrics of a finished job")
     error: str | None = Field(None, description="why a failed job failed")
+    traceback: str | None = Field(
+        None, description="the Python traceback of a failed job (its last 20000 characters)"
+    )
     attempts: int
     cancel_requested: bool
     spec: dict[str, Any]
@@ -66,7 +69,7 @@ class JobPublic(BaseModel):
 
     @classmethod
     def from_job(cls, job: Job) -> JobPublic:
-        return cls.model_validate(job.model_dump(exclude={"owner", "traceback", "worker"}))
+        return cls.model_validate(job.model_dump(exclude={"owner", "worker"}))
 
 
 class JobsPublic(BaseModel):
@@ -76,6 +79,23 @@ class JobsPublic(BaseModel):
     count: int
     limit: int
     offset: int
+
+
+class JobMetricsPublic(BaseModel):
+    """A job's whole metric series so far, stored as it runs (``spartan.series``)."""
+
+    job_id: str
+    points: list[dict[str, Any]] = Field(
+        description="training progress reports, increasing in step: step, loss, accuracy, "
+        "lr, beta, sparsity, cost_fraction, scheduled_cost_fraction, throughput, epoch, ..."
+    )
+    epochs: list[dict[str, Any]] = Field(
+        description="per-epoch records: epoch, step, val_top1, val_top5, val_loss, "
+        "train_loss, train_accuracy, lr, sparsity, cost_fraction, beta"
+    )
+    last_id: int = Field(
+        description="the id of the newest record (the event id of GET /v1/jobs/{id}/events)"
+    )
 
 
 # artifacts ------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from the job's checkpoint when there is one), then records the outcome:
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 import signal
 import threading
@@ -31,9 +32,10 @@ from typing import Any, Literal
 from sqlalchemy.exc import SQLAlchemyError
 
 from runtime.training import TrainHooks, run_training
+from spartan.joblog import capture_log
 from spartan.lease import holder_gone, holder_id, lease_expired, renew_interval_s
 from spartan.queue import Broker, CeleryBroker, send_job
-from spartan.resolve import artifact_dir, checkpoint_path
+from spartan.resolve import artifact_dir, checkpoint_path, job_log_path
 from spartan.settings import Settings, get_settings
 from spartan.spec import JobSpec
 from spartan.store import Job, JobStore, get_store
@@ -102,12 +104,18 @@ def execute_job(
     if started.cancel_requested:
         store.finish(job_id=job_id, status="cancelled")
         return "cancelled"
-    log.info("job %s: attempt %d on %s", job_id, started.attempts, worker)
     broker = broker if broker is not None else CeleryBroker(settings)
     return _train(started, store=store, broker=broker, settings=settings)
 
 
 def _train(job: Job, *, store: JobStore, broker: Broker, settings: Settings) -> Outcome:
+    """Train with the job's log captured into its artifact folder (``spartan.joblog``)."""
+    with capture_log(job_log_path(settings, job.id)):
+        log.info("job %s: attempt %d on %s", job.id, job.attempts, job.worker)
+        return _train_logged(job, store=store, broker=broker, settings=settings)
+
+
+def _train_logged(job: Job, *, store: JobStore, broker: Broker, settings: Settings) -> Outcome:
     monitor = JobMonitor(store=store, job=job, settings=settings)
     checkpoint = checkpoint_path(settings, job.id)
     try:
@@ -118,7 +126,7 @@ def _train(job: Job, *, store: JobStore, broker: Broker, settings: Settings) -> 
                 out_dir=artifact_dir(settings, job.id),
                 checkpoint_path=checkpoint,
                 settings=settings,
-                hooks=TrainHooks(progress=monitor.progress, stop=monitor.stop),
+                hooks=TrainHooks(progress=monitor.progress, stop=monitor.stop, epoch=monitor.epoch),
                 owner=job.owner,
             )
     except Exception as exc:  # record the failure in the store, then re-raise
@@ -232,10 +240,20 @@ class JobMonitor:
         self._thread.join(timeout=10)
 
     def progress(self, progress: dict[str, Any]) -> None:
-        """Record a progress report (the training loop's progress hook)."""
+        """Record a progress report (the training loop's progress hook): the job's latest
+        progress, and one more point of its metric series."""
         with self._lock:
             self._last = {**progress, "attempt": self.attempt}
         self._write()
+        self.store.add_metric(
+            job_id=self.job_id, kind="progress", data=_plain(progress), attempt=self.attempt
+        )
+
+    def epoch(self, entry: dict[str, Any]) -> None:
+        """Record an epoch's record in the job's metric series (the epoch hook)."""
+        self.store.add_metric(
+            job_id=self.job_id, kind="epoch", data=_plain(entry), attempt=self.attempt
+        )
 
     def _write(self) -> None:
         with self._lock:
@@ -272,6 +290,13 @@ class JobMonitor:
             self.detail = f"status {job.status}, worker {job.worker}"
             return "cancel"
         return None
+
+
+def _plain(record: dict[str, Any]) -> dict[str, Any]:
+    """A record as JSON stores it: non-finite floats (a diverged loss) become None."""
+    return {
+        k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()
+    }
 
 
 @contextmanager

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from spartan.errors import FieldError, UnknownReference
+from spartan.joblog import LOG_NAME
 from spartan.settings import Settings
 from spartan.store import JobStore, get_store, is_upload_id
 
@@ -83,6 +84,11 @@ def artifact_dir(settings: Settings, job_id: str) -> Path:
     """The job's folder in the artifact store."""
     assert settings.artifact_dir is not None  # filled in by Settings
     return settings.artifact_dir / job_id
+
+
+def job_log_path(settings: Settings, job_id: str) -> Path:
+    """The job's log (``spartan.joblog``), an artifact of the job."""
+    return artifact_dir(settings, job_id) / LOG_NAME
 
 
 def checkpoint_path(settings: Settings, job_id: str) -> Path:

@@ -18,6 +18,7 @@ from sqlalchemy import (
     JSON,
     Boolean,
     DateTime,
+    ForeignKey,
     Integer,
     String,
     Text,
@@ -37,6 +38,7 @@ from spartan import migrations
 from spartan.settings import get_settings
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+MetricKind = Literal["progress", "epoch"]
 TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 UPLOAD_PREFIX = "upl"
 
@@ -98,6 +100,37 @@ class ApiKeyRow(Base):
     key_hash: Mapped[str] = mapped_column(String(128), unique=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class JobMetricRow(Base):
+    """One record of a job's metric series, appended as the job runs (``job_metrics``).
+
+    ``kind`` is ``progress`` (a progress report of the training loop, every phase) or
+    ``epoch`` (the per-epoch record: validation top-1, train loss, sparsity, ...). ``id``
+    grows with every record, so it orders a job's series and is its event id.
+    """
+
+    __tablename__ = "job_metrics"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(String(40), ForeignKey("jobs.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    step: Mapped[int | None] = mapped_column(Integer)
+    data: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class JobMetric(BaseModel):
+    """A snapshot of one record of a job's metric series."""
+
+    id: int
+    job_id: str
+    kind: MetricKind
+    attempt: int
+    step: int | None
+    data: dict[str, Any]
+    created_at: datetime
 
 
 class ApiKey(BaseModel):
@@ -461,6 +494,41 @@ class JobStore:
             lease_expires_at=None,
             attempts=case((JobRow.attempts > 0, JobRow.attempts - 1), else_=0),
         )
+
+    # metric series --------------------------------------------------------------------------
+    def add_metric(
+        self, *, job_id: str, kind: MetricKind, data: dict[str, Any], attempt: int = 0
+    ) -> int:
+        """Append one record to the job's series; returns its id (increasing)."""
+        step = data.get("step")
+        with self.session() as s:
+            row = JobMetricRow(
+                job_id=job_id,
+                kind=kind,
+                attempt=attempt,
+                step=step if isinstance(step, int) else None,
+                data=data,
+            )
+            s.add(row)
+            s.commit()
+            return row.id
+
+    def list_metrics(
+        self, *, job_id: str, after: int = 0, kind: MetricKind | None = None
+    ) -> list[JobMetric]:
+        """The job's records with ``id > after``, oldest first (optionally of one kind)."""
+        query = select(JobMetricRow).where(JobMetricRow.job_id == job_id, JobMetricRow.id > after)
+        if kind is not None:
+            query = query.where(JobMetricRow.kind == kind)
+        with self.session() as s:
+            rows = s.scalars(query.order_by(JobMetricRow.id)).all()
+            return [JobMetric.model_validate(r, from_attributes=True) for r in rows]
+
+    def last_metric_id(self, *, job_id: str) -> int:
+        """The id of the job's newest record (0: none yet)."""
+        with self.session() as s:
+            found = s.scalar(select(func.max(JobMetricRow.id)).where(JobMetricRow.job_id == job_id))
+            return int(found or 0)
 
     # uploads --------------------------------------------------------------------------------
     def add_upload(

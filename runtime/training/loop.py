@@ -48,10 +48,13 @@ class TrainHooks:
         progress: called with a progress dict at a bounded rate (and at phase changes).
         stop: polled after every step and evaluation batch; returns ``"cancel"``,
             ``"preempt"`` or None.
+        epoch: called with each epoch's record (the entry appended to ``history``) when the
+            epoch's evaluation is done.
     """
 
     progress: ProgressFn | None = None
     stop: StopFn | None = None
+    epoch: ProgressFn | None = None
 
 
 @dataclass(frozen=True)
@@ -263,6 +266,8 @@ class _Run:
         entry.update(mask_stats(modules.sparsifier, setup.maskable_weights))
         state.history.append(entry)
         log.info("epoch %d: %s", state.epoch + 1, entry)
+        if self.hooks.epoch is not None:
+            self.hooks.epoch(entry)
         state.epoch += 1
         state.batch = 0
         state.epoch_sums.zero_()

@@ -101,7 +101,7 @@ def test_get_job_and_unknown_job(client: TestClient) -> None:
     body = r.json()
     assert body["id"] == job_id and body["status"] == "queued" and body["error"] is None
     assert body["spec"]["sparsity"]["sparsity"] == 0.9
-    assert "owner" not in body and "traceback" not in body
+    assert "owner" not in body and body["traceback"] is None
     missing = client.get("/v1/jobs/job_doesnotexist")
     assert missing.status_code == 404
     assert missing.json()["detail"][0]["loc"] == ["path", "job_id"]

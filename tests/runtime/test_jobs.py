@@ -161,6 +161,8 @@ def test_failure_records_reason_and_traceback(
     assert job is not None and job.status == "failed"
     assert job.error is not None and job.error.startswith("FileNotFoundError: ")
     assert job.traceback is not None and "Traceback (most recent call last)" in job.traceback
+    log = job_artifact_dir(wsettings, job_id) / "log.txt"  # the job's log has it too
+    assert "Traceback (most recent call last)" in log.read_text()
 
 
 def test_invalid_stored_spec_fails_with_the_field(wsettings: Settings, store: JobStore) -> None:

@@ -176,7 +176,9 @@ def test_a_database_with_only_some_tables_gets_the_others(tmp_path: Path) -> Non
     legacy.dispose()
     store = JobStore(url)
     assert _revision(url) == migrations.head()
-    assert {"jobs", "uploads", "api_keys"} <= set(inspect(store.engine).get_table_names())
+    assert {"jobs", "uploads", "api_keys", "job_metrics"} <= set(
+        inspect(store.engine).get_table_names()
+    )
     assert create_api_key(store, owner="dan").startswith("spk_")
 
 
