@@ -180,6 +180,8 @@ def follow(client: SpartanClient, job_id: str, *, console: Console | None = None
                 if final["status"] == "succeeded" and bar.tasks[0].total:
                     bar.update(task, completed=bar.tasks[0].total)
                 break
+            if event.event != "progress":
+                continue  # epoch records: the bar shows steps
             progress = event.data.get("progress") or {}
             total = progress.get("total_steps")
             bar.update(

@@ -1,5 +1,5 @@
-"""The service sub-commands of ``spartan``: serve, demo, submit, status, cancel, download,
-upload, plan, jobs, apikey (create, list, revoke) and db (upgrade, current). ``cli.main``
+"""The service sub-commands of ``spartan``: serve, demo, submit, follow, logs, status, cancel,
+download, upload, plan, jobs, apikey (create, list, revoke) and db (upgrade, current). ``cli.main``
 registers them with ``register(app)``.
 
 Client commands talk to ``SPARTAN_API_URL`` (default http://127.0.0.1:8000) with the bearer
@@ -110,6 +110,38 @@ def status(job_id: Annotated[str, typer.Argument(help="job id")]) -> None:
         job = client.job(job_id)
     job.pop("spec", None)
     _print_json(job)
+
+
+def follow_job(job_id: Annotated[str, typer.Argument(help="job id")]) -> None:
+    """Re-attach the live progress bar to a job (queued, running or finished) until it ends,
+    then print its results; exit code 1 if it did not succeed."""
+    with _service() as client:
+        final = follow(client, job_id, console=console)
+        print_summary(summarize(client, final, get_settings()), console)
+    if final["status"] != "succeeded":
+        raise typer.Exit(code=1)
+
+
+def logs(
+    job_id: Annotated[str, typer.Argument(help="job id")],
+    follow_log: Annotated[
+        bool, typer.Option("--follow", "-f", help="keep printing new lines until the job ends")
+    ] = False,
+) -> None:
+    """Print a job's log (GET /v1/jobs/{id}/logs); with --follow, as it grows."""
+    with _service() as client:
+        if follow_log:
+            for text in client.follow_logs(job_id):
+                sys.stdout.write(text)
+                sys.stdout.flush()
+            return
+        offset = 0
+        while True:  # one answer holds at most a megabyte: read to the end
+            chunk = client.logs(job_id, offset=offset)
+            sys.stdout.write(chunk.text)
+            if chunk.next_offset == offset:
+                break
+            offset = chunk.next_offset
 
 
 def cancel(job_id: Annotated[str, typer.Argument(help="job id")]) -> None:
@@ -395,7 +427,8 @@ def db_current() -> None:
 
 def register(app: typer.Typer) -> None:
     """Add the service commands to the ``spartan`` command."""
-    for command in (serve, demo, submit, status, cancel, download, upload, plan, jobs):
+    for command in (serve, demo, submit, status, cancel, download, upload, plan, jobs, logs):
         app.command()(command)
+    app.command("follow")(follow_job)
     app.add_typer(apikey_app, name="apikey")
     app.add_typer(db_app, name="db")

@@ -130,13 +130,13 @@ def _train_logged(job: Job, *, store: JobStore, broker: Broker, settings: Settin
                 owner=job.owner,
             )
     except Exception as exc:  # record the failure in the store, then re-raise
+        log.exception("job %s failed", job.id)  # first: the log is complete once it has ended
         store.finish(
             job_id=job.id,
             status="failed",
             error=short_reason(exc),
             traceback=traceback.format_exc(),
         )
-        log.exception("job %s failed", job.id)
         raise
     if result.status == "succeeded":
         store.finish(job_id=job.id, status="succeeded", metrics=result.metrics)

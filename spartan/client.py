@@ -13,6 +13,7 @@ Errors from the service raise ``SpartanAPIError`` carrying the status code and t
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,8 @@ from typing import Any
 import httpx
 
 from spartan.settings import Settings
+
+TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
 
 
 class SpartanAPIError(Exception):
@@ -55,6 +58,15 @@ class Event:
     event: str
     id: str | None
     data: Any
+
+
+@dataclass(frozen=True)
+class LogChunk:
+    """A piece of a job's log: its text, the offset to read next, the job's status then."""
+
+    text: str
+    next_offset: int
+    status: str
 
 
 class SpartanClient:
@@ -150,14 +162,44 @@ class SpartanClient:
     def cancel(self, job_id: str) -> dict[str, Any]:
         return self._json("POST", f"/v1/jobs/{job_id}/cancel")
 
-    def events(self, job_id: str) -> Iterator[Event]:
-        """Progress events until the job ends (the last one has ``event == "end"``)."""
+    def events(self, job_id: str, *, last_event_id: str | None = None) -> Iterator[Event]:
+        """Progress and epoch events until the job ends (the last one has ``event == "end"``);
+        with ``last_event_id`` (an ``Event.id`` seen before) the stream resumes after it."""
         timeout = httpx.Timeout(self._http.timeout.connect, read=None)
-        with self._http.stream("GET", f"/v1/jobs/{job_id}/events", timeout=timeout) as response:
+        headers = {"Last-Event-ID": last_event_id} if last_event_id is not None else {}
+        url = f"/v1/jobs/{job_id}/events"
+        with self._http.stream("GET", url, timeout=timeout, headers=headers) as response:
             if response.is_error:
                 response.read()
                 _raise_for(response)
             yield from parse_sse(response.iter_lines())
+
+    def metrics(self, job_id: str) -> dict[str, Any]:
+        """The job's metric series so far: ``{"job_id", "points", "epochs", "last_id"}``."""
+        return self._json("GET", f"/v1/jobs/{job_id}/metrics")
+
+    def logs(self, job_id: str, *, offset: int = 0) -> LogChunk:
+        """The job's log from byte ``offset`` on (at most what one answer holds)."""
+        response = self._request("GET", f"/v1/jobs/{job_id}/logs", params={"offset": offset})
+        return LogChunk(
+            text=response.content.decode("utf-8", errors="replace"),
+            next_offset=int(response.headers.get("x-log-offset", offset)),
+            status=response.headers.get("x-job-status", ""),
+        )
+
+    def follow_logs(self, job_id: str, *, poll_s: float = 1.0) -> Iterator[str]:
+        """The job's log as it grows, chunk by chunk, until the job has finished and every
+        line is read."""
+        offset = 0
+        while True:
+            chunk = self.logs(job_id, offset=offset)
+            if chunk.text:
+                yield chunk.text
+            if chunk.next_offset == offset and chunk.status in TERMINAL_STATUSES:
+                return
+            if chunk.next_offset == offset:
+                time.sleep(poll_s)
+            offset = chunk.next_offset
 
     def artifacts(self, job_id: str) -> dict[str, Any]:
         return self._json("GET", f"/v1/jobs/{job_id}/artifacts")

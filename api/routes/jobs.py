@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterable
 from functools import partial
 from typing import Annotated, Literal
@@ -11,7 +10,7 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
-from api import quotas, services
+from api import events, quotas, services
 from api.deps import BrokerDep, OwnedJobDep, OwnerDep, RuntimeDep, SettingsDep, StoreDep
 from api.schemas import ErrorPublic, JobCreated, JobPublic, JobsPublic
 from spartan.spec import JobSpec
@@ -127,37 +126,40 @@ async def cancel_job(
     responses={
         **_ERRORS,
         200: {
-            "description": "`progress` events ({id, status, progress}) whenever either "
-            "changes, then one `end` event with the whole job when it has finished"
+            "description": "`progress` events ({id, status, progress}) for every stored progress "
+            "report and whenever the status or progress changes, `epoch` events ({id, status, "
+            "epoch}) for epoch records, then one `end` event with the whole job when it has "
+            "finished. Event ids are the job's metric record ids: reconnect with "
+            "`Last-Event-ID` (or `?last_event_id=`) to get what was missed (`api.events`)"
         },
     },
 )
 async def job_events(
-    job: OwnedJobDep, request: Request, store: StoreDep
+    job: OwnedJobDep,
+    request: Request,
+    store: StoreDep,
+    last_event_id: Annotated[
+        str | None,
+        Header(alias="Last-Event-ID", description="resume after this event id"),
+    ] = None,
+    last_event_id_query: Annotated[
+        str | None,
+        Query(
+            alias="last_event_id",
+            max_length=40,
+            description="the same as the Last-Event-ID header (which wins when both are sent)",
+        ),
+    ] = None,
 ) -> AsyncIterable[ServerSentEvent]:
-    """Follow a job live: progress events until it ends, then a final ``end`` event."""
-    last = None
-    seq = 0
-    while True:
-        current = await run_in_threadpool(store.get_job, job_id=job.id)
-        if current is None:
-            return
-        snapshot = (current.status, current.progress)
-        if snapshot != last:
-            seq += 1
-            last = snapshot
-            yield ServerSentEvent(
-                event="progress",
-                id=str(seq),
-                data={"id": current.id, "status": current.status, "progress": current.progress},
-            )
-        if current.finished:
-            yield ServerSentEvent(
-                event="end",
-                id=str(seq + 1),
-                data=JobPublic.from_job(current).model_dump(mode="json"),
-            )
-            return
-        if await request.is_disconnected():
-            return
-        await asyncio.sleep(EVENT_POLL_S)
+    """Follow a job live: its records and progress until it ends, then an ``end`` event."""
+    resume = events.parse_last_event_id(
+        last_event_id if last_event_id is not None else last_event_id_query
+    )
+    async for event in events.job_events(
+        store,
+        job.id,
+        last_event_id=resume,
+        disconnected=request.is_disconnected,
+        poll_s=EVENT_POLL_S,
+    ):
+        yield event

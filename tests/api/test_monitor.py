@@ -3,7 +3,10 @@ the series grows with the records the worker appends, other owners and unknown j
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -134,3 +137,67 @@ def test_a_failed_jobs_traceback_is_in_the_job(client: TestClient, settings: Set
     assert body["traceback"] == trace
     listed = client.get("/v1/jobs").json()["data"][0]
     assert listed["id"] == job_id and listed["traceback"] == trace
+
+
+def _events(client: TestClient, job_id: str, **kwargs: object) -> list:
+    from spartan.client import parse_sse
+
+    with client.stream("GET", f"/v1/jobs/{job_id}/events", **kwargs) as r:
+        assert r.status_code == 200
+        return list(parse_sse(r.iter_lines()))
+
+
+def _is_record(event: Any) -> bool:
+    """An event of a stored record (not a status change: their progress here is None)."""
+    return event.event == "epoch" or (event.event == "progress" and bool(event.data["progress"]))
+
+
+def test_events_carry_record_ids_and_resume_after_last_event_id(
+    client: TestClient, settings: Settings
+) -> None:
+    job_id = client.post("/v1/jobs", json=tiny_spec()).json()["id"]
+    store = get_store(settings.database_url)
+    store.start_attempt(job_id=job_id, worker="w1")
+
+    def work() -> None:
+        for step in (1, 2, 3, 4):
+            time.sleep(0.3)
+            store.add_metric(job_id=job_id, kind="progress", data=_point(step))
+        store.add_metric(job_id=job_id, kind="epoch", data={"epoch": 1, "val_top1": 0.5})
+        time.sleep(0.3)
+        store.finish(job_id=job_id, status="succeeded", metrics={"top1": 0.5})
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    live = _events(client, job_id)
+    thread.join()
+    assert [e.event for e in live][-1] == "end"
+    steps = [
+        e.data["progress"]["step"] for e in live if e.event == "progress" and e.data["progress"]
+    ]
+    assert steps[-4:] == [1, 2, 3, 4]
+    assert [e.data["epoch"] for e in live if e.event == "epoch"] == [{"epoch": 1, "val_top1": 0.5}]
+    ids = [int(e.id) for e in live]
+    assert ids == sorted(ids) and ids[-1] == store.last_metric_id(job_id=job_id)
+
+    # reconnect after the second step's event: the records after it, once each, then the end
+    second = next(
+        e for e in live if e.event == "progress" and (e.data["progress"] or {}).get("step") == 2
+    )
+    for kwargs in (
+        {"headers": {"Last-Event-ID": second.id}},
+        {"params": {"last_event_id": second.id}},
+    ):
+        resumed = _events(client, job_id, **kwargs)
+        assert [(e.event, e.id) for e in resumed[:-1]] == [
+            (e.event, e.id) for e in live if _is_record(e) and int(e.id) > int(second.id)
+        ]
+        assert [e.data["progress"]["step"] for e in resumed if e.event == "progress"] == [3, 4]
+        assert resumed[-1].event == "end" and resumed[-1].data["status"] == "succeeded"
+
+    # from the start: every record; an id that is not ours: a fresh stream (now, then the end)
+    everything = _events(client, job_id, headers={"Last-Event-ID": "0"})
+    assert [e.event for e in everything] == ["progress"] * 4 + ["epoch", "end"]
+    fresh = _events(client, job_id, headers={"Last-Event-ID": "not-an-id"})
+    assert [e.event for e in fresh] == ["progress", "end"]
+    assert fresh[0].id == str(store.last_metric_id(job_id=job_id))
