@@ -14,9 +14,10 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 
-from api import errors, services
+from api import errors, services, ui
 from api.limits import BodyLimitMiddleware
 from api.metrics import Metrics, MetricsMiddleware
+from api.polls import PollCache
 from api.routes import artifacts, catalog, health, jobs, monitor, plans, uploads
 from spartan.queue import BROKER_DOWN, Broker, CeleryBroker, resend_lost
 from spartan.settings import Settings, get_settings
@@ -87,6 +88,7 @@ def create_app(settings: Settings | None = None, *, broker: Broker | None = None
     app.state.store = store
     app.state.broker = broker
     app.state.metrics = Metrics(store)
+    app.state.polls = PollCache(store)
     app.state.watch_cancel = watch_cancel
     errors.install(app)
     app.add_middleware(
@@ -103,4 +105,5 @@ def create_app(settings: Settings | None = None, *, broker: Broker | None = None
     app.include_router(plans.router)
     app.include_router(catalog.router)
     app.include_router(health.router)
+    ui.install(app)  # the dashboard under /ui/ (and / redirects there)
     return app

@@ -2,6 +2,14 @@
 # Start the local Redis and PostgreSQL the integration tests talk to, if they are not running.
 set -euo pipefail
 
+# Headless Chromium for the dashboard's browser tests (tests/api/ui), from Debian's package.
+if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null; then
+    echo "installing chromium for the browser tests"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq chromium >/dev/null 2>&1 \
+        || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
+fi
+
 if ! (exec 3<>/dev/tcp/127.0.0.1/6379) 2>/dev/null; then
     echo "starting redis on 127.0.0.1:6379"
     mkdir -p /var/lib/redis /var/log/redis
