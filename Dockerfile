@@ -20,7 +20,7 @@ COPY pyproject.toml README.md ./
 RUN mkdir -p spartan spartan_core cost_models runtime api worker cli \
     && touch spartan/__init__.py spartan_core/__init__.py cost_models/__init__.py \
        runtime/__init__.py api/__init__.py worker/__init__.py cli/__init__.py \
-    && pip install '.[service]' \
+    && pip install '.[service,plots,mlflow]' \
     && pip uninstall -y spartan
 COPY spartan ./spartan
 COPY spartan_core ./spartan_core

@@ -5,17 +5,22 @@ function. It is idempotent: it re-reads the job, does nothing for a finished one
 delivery, gives up past ``max_delivery_attempts``, and otherwise runs the training (resuming
 from the job's checkpoint when there is one), then records the outcome:
 
-- success: ``succeeded`` with the metrics, artifacts in ``artifact_dir/<job id>/``;
+- success: ``succeeded`` with the metrics, artifacts in ``artifact_dir/<job id>/``, the plots
+  drawn from the job's stored series and, when the job is tracked, its MLflow run (``publish``);
 - cancellation (``cancel_requested``, polled at a bounded rate and seen within one training
   step): ``cancelled``, and the process ends with the task (one task per child process);
 - SIGTERM (preemption, a stopping worker): a checkpoint is written, the job goes back to
   ``queued`` and its message is sent again;
-- any error: ``failed`` with a short reason and the traceback, then the error is re-raised so
-  Celery logs it too.
+- any error: ``failed`` with a short reason and the traceback (the curves and the MLflow run
+  are published too), then the error is re-raised so Celery logs it too.
+
+The job's log goes to ``log.txt`` in its artifact folder while it runs (``spartan.joblog``),
+and every progress report and epoch record to its metric series in the store.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import shutil
@@ -31,11 +36,15 @@ from typing import Any, Literal
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from runtime import tracking
+from runtime.artifacts import COST_REPORT_JSON
+from runtime.plots import write_plots
 from runtime.training import TrainHooks, run_training
 from spartan.joblog import capture_log
 from spartan.lease import holder_gone, holder_id, lease_expired, renew_interval_s
 from spartan.queue import Broker, CeleryBroker, send_job
 from spartan.resolve import artifact_dir, checkpoint_path, job_log_path
+from spartan.series import metric_series
 from spartan.settings import Settings, get_settings
 from spartan.spec import JobSpec
 from spartan.store import Job, JobStore, get_store
@@ -118,6 +127,7 @@ def _train(job: Job, *, store: JobStore, broker: Broker, settings: Settings) -> 
 def _train_logged(job: Job, *, store: JobStore, broker: Broker, settings: Settings) -> Outcome:
     monitor = JobMonitor(store=store, job=job, settings=settings)
     checkpoint = checkpoint_path(settings, job.id)
+    spec: JobSpec | None = None
     try:
         spec = JobSpec.model_validate(job.spec)
         with monitor, _preemption_signal(monitor):
@@ -131,6 +141,8 @@ def _train_logged(job: Job, *, store: JobStore, broker: Broker, settings: Settin
             )
     except Exception as exc:  # record the failure in the store, then re-raise
         log.exception("job %s failed", job.id)  # first: the log is complete once it has ended
+        if spec is not None:
+            publish(job.id, spec, store=store, settings=settings, metrics=None)
         store.finish(
             job_id=job.id,
             status="failed",
@@ -139,6 +151,7 @@ def _train_logged(job: Job, *, store: JobStore, broker: Broker, settings: Settin
         )
         raise
     if result.status == "succeeded":
+        publish(job.id, spec, store=store, settings=settings, metrics=result.metrics)
         store.finish(job_id=job.id, status="succeeded", metrics=result.metrics)
         shutil.rmtree(checkpoint.parent, ignore_errors=True)
         return "succeeded"
@@ -154,6 +167,37 @@ def _train_logged(job: Job, *, store: JobStore, broker: Broker, settings: Settin
         queue = send_job(job, store=store, broker=broker, settings=settings)
         log.info("job %s preempted; checkpointed and re-queued on %s", job.id, queue)
     return "preempted"
+
+
+def publish(
+    job_id: str,
+    spec: JobSpec,
+    *,
+    store: JobStore,
+    settings: Settings,
+    metrics: dict[str, Any] | None,
+) -> None:
+    """What people look at, from the job's stored series: the plots (``runtime.plots``)
+    into the artifact folder, then the MLflow run (``runtime.tracking``) when the job is
+    tracked. ``metrics`` is None for a failed job (no layer plot, the run marked failed)."""
+    points, epochs = metric_series(store.list_metrics(job_id=job_id))
+    out = artifact_dir(settings, job_id)
+    report_path = out / COST_REPORT_JSON
+    report = json.loads(report_path.read_text()) if metrics and report_path.is_file() else None
+    write_plots(out, points=points, epochs=epochs, cost_report=report)
+    uri = tracking.tracking_uri(spec, settings)
+    if uri is not None:
+        tracking.log_run(
+            uri,
+            job_id=job_id,
+            spec=spec,
+            settings=settings,
+            points=points,
+            epochs=epochs,
+            metrics=metrics,
+            artifact_dir=out,
+            succeeded=metrics is not None,
+        )
 
 
 def short_reason(exc: BaseException) -> str:

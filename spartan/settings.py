@@ -71,6 +71,12 @@ class Settings(BaseSettings):
     cancel_grace_s: float = 30.0  # cooperative cancel window before the task is killed
     resend_interval_s: float = 10.0  # the API's reconcile period for queued jobs (0: off)
 
+    # Experiment tracking (``runtime.tracking``): every job's params, metric series and
+    # artifacts go to an MLflow run at this tracking URI (e.g. http://mlflow:5000 or
+    # file:/srv/mlruns); empty: none, unless a job's spec names one (``tracking.mlflow``).
+    mlflow_tracking_uri: str = ""
+    mlflow_experiment: str = "spartan"  # a job's ``tracking.experiment`` overrides it
+
     @field_validator("data_roots", mode="before")
     @classmethod
     def _split_list(cls, value: Any) -> Any:

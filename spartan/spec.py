@@ -229,6 +229,35 @@ class ResourcesSpec(_Strict):
     time_limit_s: int = Field(24 * 3600, ge=10, le=30 * 24 * 3600)
 
 
+class TrackingSpec(_Strict):
+    """Where the job's params, metric series and artifacts are logged (``runtime.tracking``).
+
+    ``mlflow``: None follows the service (``SPARTAN_MLFLOW_TRACKING_URI``, if set); false
+    logs nowhere; true needs the service's URI; a URI logs there. A job may name only an
+    ``http://`` or ``https://`` tracking server: file stores and databases on the worker
+    are the operator's to choose (the setting).
+    """
+
+    mlflow: bool | str | None = Field(
+        None, description="an MLflow tracking URI (http/https), or true/false (see above)"
+    )
+    experiment: str | None = Field(
+        None, min_length=1, max_length=200, description="default: SPARTAN_MLFLOW_EXPERIMENT"
+    )
+
+    @field_validator("mlflow")
+    @classmethod
+    def _remote_uri(cls, value: bool | str | None) -> bool | str | None:
+        if isinstance(value, str) and (
+            not value.startswith(("http://", "https://")) or len(value) > 2000
+        ):
+            raise ValueError(
+                f"an MLflow tracking URI in a job is http:// or https:// (got {value[:80]!r}); "
+                "other stores are set by the service (SPARTAN_MLFLOW_TRACKING_URI)"
+            )
+        return value
+
+
 class JobSpec(_Strict):
     """A complete training job."""
 
@@ -239,6 +268,7 @@ class JobSpec(_Strict):
     cost_model: CostModelSpec = Field(default_factory=CostModelSpec)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec)
 
     @field_validator("name")
     @classmethod

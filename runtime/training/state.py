@@ -24,8 +24,9 @@ from spartan_core import Sparsifier
 
 
 def spec_fingerprint(spec: JobSpec) -> str:
-    """A hash of everything that determines the training result (not name or resources)."""
-    body = spec.model_dump(mode="json", exclude={"name", "resources"})
+    """A hash of everything that determines the training result (not name, resources or
+    tracking)."""
+    body = spec.model_dump(mode="json", exclude={"name", "resources", "tracking"})
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 

@@ -55,3 +55,9 @@ def test_the_series_and_the_log_are_written_as_the_job_runs(
     log = job_log_path(wsettings, job.id).read_text()
     assert "INFO runtime.jobs: job " in log
     assert "epoch 2:" in log and "deployed on cpu" in log
+
+    # the plots are drawn from the series into the artifact folder
+    folder = job_log_path(wsettings, job.id).parent
+    for name in ("curves.png", "layers.png"):
+        data = (folder / name).read_bytes()
+        assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 10_000, name
