@@ -78,6 +78,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_time_limit": settings.job_time_limit_s + _TIME_MARGIN_S,
         "broker_transport_options": _transport_options(settings),
         "broker_connection_retry_on_startup": True,
+        # Task events (``celery worker -E``) for Flower and ``celery events``: sent, started,
+        # succeeded, failed; a few small messages per job.
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
     }
 
 

@@ -91,7 +91,8 @@ def test_dockerfile_installs_the_package(compose: dict[str, Any]) -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert dockerfile.startswith("#") and "FROM python:3.11" in dockerfile
     assert "pip install" in dockerfile and "spartan" in dockerfile
-    assert "[service]" in dockerfile  # the service's dependencies are an extra
+    assert "[service," in dockerfile  # the service's dependencies are an extra
+    assert "plots" in dockerfile and "mlflow" in dockerfile  # so are the worker's outputs
     assert compose["services"]["api"]["build"] == "."
 
 
@@ -102,3 +103,23 @@ def test_image_can_build_the_native_kernels() -> None:
     assert " gcc " in dockerfile and "libc6-dev" in dockerfile
     assert "SPARTAN_NATIVE_CACHE=/var/lib/spartan/" in dockerfile  # chowned to the user
     assert "chown -R spartan:spartan /var/lib/spartan" in dockerfile
+
+
+def test_flower_is_behind_basic_auth_on_the_workers_broker(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    flower = services["flower"]
+    env = flower["environment"]
+    # required like POSTGRES_PASSWORD: no default, compose refuses to start without it
+    assert env["FLOWER_BASIC_AUTH"].startswith("${FLOWER_BASIC_AUTH:?")
+    assert ":-" not in env["FLOWER_BASIC_AUTH"]
+    assert env["CELERY_BROKER_URL"] == services["worker"]["environment"]["SPARTAN_BROKER_URL"]
+    assert "flower" in flower["command"] and flower["image"].startswith("mher/flower:")
+    assert flower["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert "/healthcheck" in " ".join(flower["healthcheck"]["test"])
+    assert "profiles" not in flower
+    # the workers send the task events Flower shows (``celery worker -E``)
+    from spartan.queue import celery_config
+    from spartan.settings import Settings
+
+    config = celery_config(Settings(broker_url=env["CELERY_BROKER_URL"]))
+    assert config["worker_send_task_events"] is True

@@ -32,6 +32,8 @@ def test_config_for_long_jobs(settings: Settings) -> None:
     assert conf.task_time_limit > settings.job_time_limit_s
     assert conf.task_serializer == "json" and conf.accept_content == ["json"]
     assert conf.task_routes[TASK_NAME] == {"queue": settings.default_queue}
+    # task events on (``-E``), so Flower sees the jobs' tasks
+    assert conf.worker_send_task_events is True and conf.task_send_sent_event is True
 
 
 def test_one_app_per_configuration(settings: Settings) -> None:
