@@ -271,7 +271,7 @@
   });
 
   window.Spartan = {
-    api, ApiError, el, pct, num, isNum, jobSummary, modelName, targetText, setBadge,
+    api, ApiError, el, headers, pct, num, isNum, jobSummary, modelName, targetText, setBadge,
     streamEvents, storedKey, setKey, clearKey, palette, toLogin,
   };
 })();

@@ -173,6 +173,38 @@
     window.spartanJob.layerCharts = { density, cost };
   }
 
+  // Follow GET /v1/jobs/{id}/logs from the last X-Log-Offset until the job has ended.
+  async function followLog(jobId) {
+    const box = document.getElementById("job-log");
+    if (!box) return;
+    let offset = 0;
+    const url = `/v1/jobs/${encodeURIComponent(jobId)}/logs`;
+    for (;;) {
+      let ended = false;
+      try {
+        const r = await fetch(`${url}?offset=${offset}`, { headers: S.headers({ Accept: "text/plain" }) });
+        if (r.status === 404 || r.status === 405) return; // a service without job logs
+        if (r.ok) {
+          const text = await r.text();
+          offset = Number(r.headers.get("X-Log-Offset") || offset + text.length);
+          if (text) {
+            const atEnd = box.scrollTop + box.clientHeight >= box.scrollHeight - 4;
+            box.appendChild(document.createTextNode(text));
+            if (atEnd) box.scrollTop = box.scrollHeight;
+          }
+          ended = ["succeeded", "failed", "cancelled"].includes(r.headers.get("X-Job-Status")) && !text;
+        }
+      } catch (_err) {
+        /* try again */
+      }
+      if (ended) {
+        if (!box.textContent) box.textContent = "(no log)";
+        return;
+      }
+      await new Promise((res) => setTimeout(res, 2000));
+    }
+  }
+
   async function loadMetrics(jobId) {
     try {
       return await S.api(`/v1/jobs/${encodeURIComponent(jobId)}/metrics`, { noRedirect: true });
@@ -203,6 +235,7 @@
       });
     }
 
+    followLog(page.job_id);
     const metrics = await loadMetrics(page.job_id);
     let lastEventId;
     let hasMetrics = false;
