@@ -18,6 +18,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api import services
 from api.auth import owner_for_token
+from api.polls import PollCache
 from spartan.queue import Broker
 from spartan.settings import Settings
 from spartan.store import Job, JobStore
@@ -25,21 +26,27 @@ from spartan.store import Job, JobStore
 _bearer = HTTPBearer(auto_error=False, description="an API key from `spartan apikey create`")
 
 
-def _settings(request: Request) -> Settings:
+# async: FastAPI runs a plain ``def`` dependency in its threadpool, one hop per request each.
+async def _settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def _store(request: Request) -> JobStore:
+async def _store(request: Request) -> JobStore:
     return request.app.state.store
 
 
-def _broker(request: Request) -> Broker:
+async def _broker(request: Request) -> Broker:
     return request.app.state.broker
+
+
+async def _polls(request: Request) -> PollCache:
+    return request.app.state.polls
 
 
 SettingsDep = Annotated[Settings, Depends(_settings)]
 StoreDep = Annotated[JobStore, Depends(_store)]
 BrokerDep = Annotated[Broker, Depends(_broker)]
+PollsDep = Annotated[PollCache, Depends(_polls)]
 
 
 @lru_cache(maxsize=1)
@@ -55,13 +62,14 @@ RuntimeDep = Annotated[ModuleType, Depends(runtime_services)]
 
 
 async def _owner(
-    settings: SettingsDep,
-    store: StoreDep,
+    request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> str:
-    token = credentials.credentials if credentials is not None else None
-    if not settings.auth_enabled:
+    # Every route resolves this: app.state is read directly, not through two more dependencies.
+    store = request.app.state.store
+    if not request.app.state.settings.auth_enabled:
         return owner_for_token(store, None, auth_enabled=False)
+    token = credentials.credentials if credentials is not None else None
     return await run_in_threadpool(owner_for_token, store, token, auth_enabled=True)
 
 

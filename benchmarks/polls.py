@@ -100,6 +100,12 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def cpu_s(pid: int) -> float:
+    """User + system CPU time a process has used so far, seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class RssSampler:
     """Samples a process's RSS every ``interval`` seconds in a thread; ``peak`` and ``last``."""
 
@@ -189,10 +195,15 @@ def run_wrk(wrk: str, url: str, args: argparse.Namespace, pid: int) -> dict[str,
     cmd = [wrk, "-t", str(args.threads), "-c", str(args.connections), "-d", f"{args.duration}s"]
     cmd += ["--timeout", "10s", "--latency", url]
     load_before = os.getloadavg()[0]
+    cpu_before = cpu_s(pid)
     with RssSampler(pid) as rss:
         done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    cpu_used = cpu_s(pid) - cpu_before
     result = parse_wrk(done.stdout)
     result.update(
+        # CPU the API spent per answered request: steadier than wall-clock figures on a
+        # shared machine, so the one to compare changes by.
+        cpu_ms_per_request=1000 * cpu_used / max(result["requests"] or 1, 1),
         rss_peak_mb=max(rss.samples),
         rss_end_mb=rss.samples[-1],
         load1_before=load_before,
@@ -253,6 +264,7 @@ def main() -> None:
                     print(
                         f"[{rep + 1}/{args.repeats}] {name:8s} {result['rps']:8.0f} req/s  "
                         f"p50 {result['p50_ms']:7.1f} ms  p99 {result['p99_ms']:7.1f} ms  "
+                        f"cpu {result['cpu_ms_per_request']:5.2f} ms/req  "
                         f"rss {result['rss_peak_mb']:6.0f} MB  load {result['load1_before']:.2f}",
                         file=sys.stderr,
                     )
@@ -261,7 +273,10 @@ def main() -> None:
             stop(proc)
 
     summary = {
-        name: {k: median(rs, k) for k in ("rps", "p50_ms", "p99_ms", "rss_peak_mb")}
+        name: {
+            k: median(rs, k)
+            for k in ("rps", "p50_ms", "p99_ms", "cpu_ms_per_request", "rss_peak_mb")
+        }
         for name, rs in runs.items()
     }
     errors = sum(r["socket_errors"] + r["non_2xx"] for rs in runs.values() for r in rs)
@@ -320,14 +335,17 @@ def _print_table(report: dict[str, Any], args: argparse.Namespace) -> None:
         f"\none API process ({mode}), wrk -t{cfg['wrk_threads']} -c{cfg['connections']} "
         f"-d{cfg['duration_s']}s, medians of {cfg['repeats']}, {cfg['cpus']} CPUs"
     )
-    print("| endpoint | requests/s | p50 ms | p99 ms | peak RSS MB | load (1 min) at each run |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print(
+        "| endpoint | requests/s | p50 ms | p99 ms | API CPU ms/request | peak RSS MB "
+        "| load (1 min) at each run |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for name, label in (("job", "GET /v1/jobs/{id}"), ("healthz", "GET /healthz (ceiling)")):
         m = report["medians"][name]
         loads = ", ".join(f"{r['load1_before']:.2f}" for r in report["runs"][name])
         print(
             f"| {label} | {m['rps']:.0f} | {m['p50_ms']:.1f} | {m['p99_ms']:.1f} | "
-            f"{m['rss_peak_mb']:.0f} | {loads} |"
+            f"{m['cpu_ms_per_request']:.2f} | {m['rss_peak_mb']:.0f} | {loads} |"
         )
     rss = report["rss_mb"]
     print(

@@ -85,15 +85,29 @@ def stop_process(proc: subprocess.Popen[bytes], *, timeout: float = 20.0) -> Non
         pass
 
 
-def run_service(settings: Settings, *, host: str, port: int, worker: bool = True) -> None:
-    """``spartan serve``: the API (uvicorn, in this process) and a worker child process."""
+def run_service(
+    settings: Settings, *, host: str, port: int, worker: bool = True, access_log: bool = False
+) -> None:
+    """``spartan serve``: the API (uvicorn, in this process) and a worker child process.
+
+    uvicorn's access log (one line per request) is off unless ``access_log``: at a thousand
+    polls a second, writing it costs more than answering them. uvloop and httptools, when
+    installed (``uvicorn[standard]``), are taken automatically.
+    """
     settings.ensure_dirs()
     # uvicorn shuts down on SIGTERM/SIGINT and then re-raises the signal with the previous
     # handler in place; make that an exception so the worker is stopped below.
     signal.signal(signal.SIGTERM, _exit_on_signal)
     proc = start_worker(settings) if worker else None
     try:
-        uvicorn.run("api.main:create_app", factory=True, host=host, port=port, log_level="info")
+        uvicorn.run(
+            "api.main:create_app",
+            factory=True,
+            host=host,
+            port=port,
+            log_level="info",
+            access_log=access_log,
+        )
     finally:
         if proc is not None:
             stop_process(proc)

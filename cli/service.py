@@ -66,9 +66,12 @@ def serve(
     host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port")] = 8000,
     worker: Annotated[bool, typer.Option(help="also start an embedded worker process")] = True,
+    access_log: Annotated[
+        bool, typer.Option(help="log every request (off: it slows busy servers)")
+    ] = False,
 ) -> None:
     """Start the API and a worker (state under SPARTAN_HOME; embedded defaults)."""
-    run_service(get_settings(), host=host, port=port, worker=worker)
+    run_service(get_settings(), host=host, port=port, worker=worker, access_log=access_log)
 
 
 def demo(

@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 
 @router.get("/healthz", response_model=HealthPublic)
-def healthz() -> HealthPublic:
+async def healthz() -> HealthPublic:
     """The process is up."""
     return HealthPublic(status="ok")
 

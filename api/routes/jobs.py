@@ -11,7 +11,16 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from api import events, quotas, services
-from api.deps import BrokerDep, OwnedJobDep, OwnerDep, RuntimeDep, SettingsDep, StoreDep
+from api.deps import (
+    BrokerDep,
+    JobIdPath,
+    OwnedJobDep,
+    OwnerDep,
+    PollsDep,
+    RuntimeDep,
+    SettingsDep,
+    StoreDep,
+)
 from api.schemas import ErrorPublic, JobCreated, JobPublic, JobsPublic
 from spartan.spec import JobSpec
 
@@ -95,9 +104,10 @@ def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobPublic, responses=_ERRORS)
-def get_job(job: OwnedJobDep) -> JobPublic:
+async def get_job(job_id: JobIdPath, owner: OwnerDep, polls: PollsDep) -> Response:
     """Status, progress, metrics and error of one job."""
-    return JobPublic.from_job(job)
+    body = await polls.answer(job_id=job_id, owner=owner)
+    return Response(body, media_type="application/json")
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic, responses=_ERRORS)
