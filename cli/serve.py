@@ -91,8 +91,10 @@ def run_service(
     """``spartan serve``: the API (uvicorn, in this process) and a worker child process.
 
     uvicorn's access log (one line per request) is off unless ``access_log``: at a thousand
-    polls a second, writing it costs more than answering them. uvloop and httptools, when
-    installed (``uvicorn[standard]``), are taken automatically.
+    polls a second, writing it costs more than answering them. HTTP is parsed by httptools
+    (a dependency; h11 otherwise) on asyncio's own loop: uvloop, when installed, answered
+    slightly more requests but left a few connections waiting a second or more under load
+    (p99 about 1 s against 0.15 s at 100 connections; ``benchmarks/polls.py``).
     """
     settings.ensure_dirs()
     # uvicorn shuts down on SIGTERM/SIGINT and then re-raises the signal with the previous
@@ -107,6 +109,7 @@ def run_service(
             port=port,
             log_level="info",
             access_log=access_log,
+            loop="asyncio",
         )
     finally:
         if proc is not None:

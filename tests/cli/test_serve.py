@@ -22,3 +22,4 @@ def test_serve_logs_requests_only_when_asked(
     result = CliRunner().invoke(cli_app, ["serve", "--no-worker", "--port", "8999", *flags])
     assert result.exit_code == 0, result.output
     assert calls and calls[0]["access_log"] is access_log and calls[0]["port"] == 8999
+    assert calls[0]["loop"] == "asyncio"  # uvloop left a long tail under load
