@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -252,8 +253,10 @@ class RunSpec:
     options: dict[str, Any] = field(default_factory=dict)  # extra SparsifierConfig fields
     cost_table: dict[str, Any] | None = None  # a latency table to price the result with
     cost_target: float | None = None  # train under cost_table to this kept cost fraction
-    label: str = ""  # non-empty for the cost demonstration and the ablation
+    label: str = ""  # non-empty for the cost demonstration, the ablation and pretrained starts
     column: str = ""  # the grid column, when not the method's name (a variant of it)
+    init_from: str = ""  # a state dict to start from (a dense run's save_to); "": random init
+    save_to: str = ""  # where to write the trained (dense) model's state dict
 
 
 def masked_names(model: nn.Module, model_name: str) -> list[str]:
@@ -297,6 +300,8 @@ def run(spec: RunSpec, data: Digits | None = None) -> dict[str, Any]:
     b = spec.budget
     torch.manual_seed(spec.seed)
     model = MODELS[spec.model]()
+    if spec.init_from:
+        model.load_state_dict(torch.load(spec.init_from, weights_only=True))
     steps_per_epoch = math.ceil(len(data.y_train) / b.batch_size)
     total = b.epochs * steps_per_epoch
     if b.optimizer == "adamw":
@@ -372,9 +377,15 @@ def run(spec: RunSpec, data: Digits | None = None) -> dict[str, Any]:
         kept_scale = _kept_scale(sparsifier)
         sparsifier.finalize()
     seconds = time.perf_counter() - start
+    if spec.save_to:
+        partial = f"{spec.save_to}.{os.getpid()}.part"
+        torch.save(model.state_dict(), partial)
+        os.replace(partial, spec.save_to)
 
     result = asdict(spec)
     result.pop("budget")
+    result.pop("save_to")
+    result["init_from"] = "dense" if spec.init_from else ""
     result["epochs"] = b.epochs
     result["accuracy"] = evaluate(model, data.x_val, data.y_val)
     result["kept_scale"] = kept_scale

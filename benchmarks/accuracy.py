@@ -29,6 +29,7 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -86,7 +87,7 @@ ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
-LAYER_FLOOR = DEFAULT_LAYER_FLOOR  # --layer-floor
+LAYER_FLOOR: float | None = None  # --layer-floor; None: the library's default
 
 # ------------------------------------------------------------------ the suite
 SUITE_MODELS = ("genmlp", "cnnbn", "vit")
@@ -110,6 +111,13 @@ SUITE_COLUMNS: dict[str, tuple[str, dict[str, Any]]] = {
     PREVIOUS: ("spartan", {"forward": "soft", "weight_grad": "soft"}),
 }
 SUITE_SPARTANS = ("spartan", PREVIOUS)
+# Pretrained starts (issue 12): each method from the suite's dense model of the same seed
+PRETRAINED_SPARSITIES = (0.95, 0.98)
+PRETRAINED_LABEL = "pretrained"
+# recipe -> (budget change, extra SparsifierConfig fields); "preset" is
+# examples/finetune_pretrained.yaml's: a fifth of the learning rate, no learning-rate warm-up,
+# weight decay at most 1e-4 under SGD, the sparsity warm-up halved
+PRETRAINED_RECIPES = ("preset", "scratch recipe")
 
 CAUSE_SECTION = """## Why the defaults depart from the paper (issue 12)
 
@@ -173,13 +181,21 @@ def _structure(r: dict[str, Any]) -> str:
     return "unstructured" if r["block"] == 1 else f"{r['block']}x{r['block']} blocks"
 
 
-def suite_specs(seeds: Iterable[int], models: Sequence[str]) -> list[RunSpec]:
-    """Dense once per model and seed, and every (structure, sparsity, column)."""
+def _dense_weights(cache: Path | None, model: str, seed: int) -> str:
+    return "" if cache is None else str(cache / f"{model}-seed{seed}.pt")
+
+
+def suite_specs(
+    seeds: Iterable[int], models: Sequence[str], cache: Path | None = None
+) -> list[RunSpec]:
+    """Dense once per model and seed (its weights saved under ``cache`` when given, for the
+    pretrained starts), and every (structure, sparsity, column)."""
     specs = []
     for model in models:
         budget = SUITE_BUDGETS[model]
         for seed in seeds:
-            specs.append(RunSpec(model, "dense", None, 1, seed, budget))
+            save_to = _dense_weights(cache, model, seed)
+            specs.append(RunSpec(model, "dense", None, 1, seed, budget, save_to=save_to))
             for structure, (block, nm) in SUITE_STRUCTURES.items():
                 for sparsity in _suite_sparsities(structure):
                     for column, (method, options) in SUITE_COLUMNS.items():
@@ -199,9 +215,51 @@ def suite_specs(seeds: Iterable[int], models: Sequence[str]) -> list[RunSpec]:
     return specs
 
 
+def finetune_budget(budget: Budget) -> Budget:
+    """The fine-tuning preset's training change: a fifth of the learning rate, no learning-rate
+    warm-up, and weight decay at most 1e-4 under SGD (AdamW's decoupled decay is kept)."""
+    decay = budget.weight_decay if budget.optimizer == "adamw" else min(budget.weight_decay, 1e-4)
+    return replace(budget, lr=budget.lr / 5, warmup_epochs=0, weight_decay=decay)
+
+
+def pretrained_specs(seeds: Iterable[int], models: Sequence[str], cache: Path) -> list[RunSpec]:
+    """Each method, unstructured at ``PRETRAINED_SPARSITIES``, from the dense model of the same
+    seed: with the fine-tuning preset, and with the from-scratch recipe."""
+    specs = []
+    for model in models:
+        for seed in seeds:
+            for recipe in PRETRAINED_RECIPES:
+                budget = SUITE_BUDGETS[model]
+                options: dict[str, Any] = {}
+                if recipe == "preset":
+                    budget, options = finetune_budget(budget), {"warmup_frac": 0.1}
+                for sparsity in PRETRAINED_SPARSITIES:
+                    for method in METHODS:
+                        specs.append(
+                            RunSpec(
+                                model,
+                                method,
+                                sparsity,
+                                1,
+                                seed,
+                                budget,
+                                options=options,
+                                label=PRETRAINED_LABEL,
+                                column=recipe,
+                                init_from=_dense_weights(cache, model, seed),
+                            )
+                        )
+    return specs
+
+
 def _suite_cells(results: list[dict[str, Any]]) -> dict[tuple, list[float]]:
     cells: dict[tuple, list[float]] = defaultdict(list)
     for r in results:
+        if r.get("label") == PRETRAINED_LABEL:
+            cells[(r["model"], PRETRAINED_LABEL, r["sparsity"], r["method"], r["column"])].append(
+                r["accuracy"]
+            )
+            continue
         if r["method"] == "dense":
             cells[(r["model"], None, None, "dense")].append(r["accuracy"])
             continue
@@ -308,8 +366,61 @@ def suite_markdown(
             f"- {column} has a lower or equal mean than the best baseline in ({len(below)}): "
             f"{', '.join(below) or 'none'}"
         )
-    lines += ["", "![validation accuracy against sparsity](accuracy.png)", "", CAUSE_SECTION]
+    lines += ["", "![validation accuracy against sparsity](accuracy.png)", ""]
+    lines += pretrained_markdown(cells, models)
+    lines += ["", CAUSE_SECTION]
     return "\n".join(lines) + "\n"
+
+
+def pretrained_markdown(cells: dict[tuple, list[float]], models: Sequence[str]) -> list[str]:
+    """The pretrained-start section: each method from the dense model against from scratch."""
+    rows = []
+    tally: dict[str, list[str]] = defaultdict(list)
+    for model in models:
+        dense = cells[(model, None, None, "dense")]
+        for sparsity in PRETRAINED_SPARSITIES:
+            for method in METHODS:
+                scratch = cells.get((model, "unstructured", sparsity, method))
+                starts = [
+                    cells.get((model, PRETRAINED_LABEL, sparsity, method, r))
+                    for r in PRETRAINED_RECIPES
+                ]
+                if not scratch or not all(starts):
+                    continue
+                row = [model, f"{100 * sparsity:.0f}%", method, _cell(dense), _cell(scratch)]
+                row += [_cell(a) for a in starts]
+                best = max(starts, key=statistics.fmean)
+                v = verdict(best, scratch)
+                diff = statistics.fmean(best) - statistics.fmean(scratch)
+                row.append(f"{v} ({100 * diff:+.2f})")
+                tally[v].append(f"{model} {row[1]} {method}")
+                rows.append("| " + " | ".join(row) + " |")
+    if not rows:
+        return []
+    return [
+        "## Pretrained starts: sparsifying a trained dense model against sparse training "
+        "from scratch",
+        "",
+        "Each method starts from the suite's dense model of the same seed (trained with the "
+        "model's budget above) and trains again for the same number of epochs, unstructured: "
+        "*preset* with the fine-tuning preset of `examples/finetune_pretrained.yaml` (a fifth "
+        "of the learning rate, no learning-rate warm-up, weight decay at most 1e-4 under SGD, "
+        "the sparsity warm-up 0.1 instead of 0.2), *scratch recipe* with exactly the "
+        "from-scratch budget. A pretrained start therefore spends twice the training of a run "
+        "from scratch (the dense run, then the sparse one). The last column compares the "
+        "better pretrained recipe with training from scratch (same verdict rule).",
+        "",
+        "| model | sparsity | method | dense | from scratch | pretrained, "
+        + " | pretrained, ".join(PRETRAINED_RECIPES)
+        + " | better pretrained vs scratch |",
+        "|---|---|---|---|---|" + "---|" * (len(PRETRAINED_RECIPES) + 1),
+        *rows,
+        "",
+        *(
+            f"- the better pretrained start {v} ({len(tally[v])}): {', '.join(tally[v]) or 'none'}"
+            for v in ("wins", "ties", "loses")
+        ),
+    ]
 
 
 def suite_plot(results: list[dict[str, Any]], path: Path) -> None:
@@ -323,9 +434,7 @@ def suite_plot(results: list[dict[str, Any]], path: Path) -> None:
     cells = _suite_cells(results)
     models = [m for m in SUITE_MODELS if (m, None, None, "dense") in cells]
     fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 4.5), squeeze=False)
-    colors = dict(
-        zip(SUITE_COLUMNS, ("tab:blue", "tab:orange", "tab:green", "tab:red"), strict=True)
-    )
+    colors = {column: f"C{i}" for i, column in enumerate(SUITE_COLUMNS)}
     for ax, model in zip(axes[0], models, strict=True):
         ax.axhline(
             100 * statistics.fmean(cells[(model, None, None, "dense")]),
@@ -356,19 +465,25 @@ def suite_plot(results: list[dict[str, Any]], path: Path) -> None:
 
 
 def _with_floor(specs: list[RunSpec]) -> list[RunSpec]:
-    """The sparse runs with ``LAYER_FLOOR`` (an explicit option of a spec wins)."""
+    """The sparse runs, N:M aside, with ``LAYER_FLOOR`` when given (an explicit option of a
+    spec wins)."""
+    if LAYER_FLOOR is None:
+        return specs
     return [
-        s if s.method == "dense" else replace(s, options={"layer_floor": LAYER_FLOOR, **s.options})
+        s
+        if s.method == "dense" or s.nm is not None
+        else replace(s, options={"layer_floor": LAYER_FLOOR, **s.options})
         for s in specs
     ]
 
 
 def _floor_text() -> str:
-    if LAYER_FLOOR <= 0:
+    floor = DEFAULT_LAYER_FLOOR if LAYER_FLOOR is None else LAYER_FLOOR
+    if floor <= 0:
         return "global distribution with no layer floor (`layer_floor=0`)"
     return (
-        f"global distribution with every layer keeping at least {LAYER_FLOOR:.0%} of the kept "
-        f"fraction (`layer_floor={LAYER_FLOOR:g}`)"
+        f"global distribution with every layer keeping at least {floor:.0%} of the kept "
+        f"fraction (`layer_floor={floor:g}`)"
     )
 
 
@@ -386,6 +501,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         nargs="+",
         default=None,
         help="the models to run (suite and ablation; default all)",
+    )
+    parser.add_argument(
+        "--no-pretrained", action="store_true", help="the suite without the pretrained starts"
     )
     parser.add_argument("--workers", type=int, default=2, help="processes (one thread each)")
     parser.add_argument(
@@ -431,7 +549,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         LAYER_FLOOR = args.layer_floor
     if not args.digits:
         models = [m for m in SUITE_MODELS if args.models is None or m in args.models]
-        results = run_all(_with_floor(suite_specs(seeds, models)), args.workers)
+        with tempfile.TemporaryDirectory(prefix="spartan-accuracy-") as cache:
+            specs = suite_specs(seeds, models, Path(cache))
+            results = run_all(_with_floor(specs), args.workers)
+            if not args.no_pretrained:
+                specs = pretrained_specs(seeds, models, Path(cache))
+                results += run_all(_with_floor(specs), args.workers)
         elapsed = time.perf_counter() - start
         (args.out / "accuracy.json").write_text(json.dumps(results, indent=1))
         suite_plot(results, args.out / "accuracy.png")

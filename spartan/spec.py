@@ -170,14 +170,16 @@ class SparsitySpec(TargetSpec):
     beta_init: float | None = Field(
         None, gt=0.0, le=1e6, description="default: min(10, beta_max) (published: 1)"
     )
-    beta_max: float | None = Field(None, gt=0.0, le=1e6, description="default: the method's")
+    beta_max: float | None = Field(
+        None, gt=0.0, le=1e6, description="default: 3 unstructured and N:M, 10 for blocks"
+    )
     layer_floor: float | None = Field(
         None,
         ge=0.0,
         lt=1.0,
         description=(
             "global distribution: every layer keeps at least this share of the kept fraction "
-            "(default 0, the published behaviour; 0.4 guards cost budgets, see the README)"
+            "(default 0.4, 0 under nm; 0 is the published behaviour, see docs/accuracy.md)"
         ),
     )
     warmup_frac: float = Field(0.2, ge=0.0, lt=1.0)

@@ -254,7 +254,14 @@ def test_config_defaults_and_sparsity() -> None:
     assert config.beta_init == 10.0 and config.beta_max == 10.0
     assert config.beta_max_effective == 40.0
     assert (config.warmup_frac, config.finetune_frac) == (0.2, 0.2)
-    assert SparsifierConfig(target=0.5, beta_max=None).beta_max == 10.0  # type: ignore[arg-type]
+    unstructured = SparsifierConfig(target=0.5)
+    assert (unstructured.beta_init, unstructured.beta_max) == (3.0, 3.0)  # held at 3
+    assert unstructured.layer_floor == 0.4
+    assert SparsifierConfig(nm=(2, 4)).layer_floor == 0.0  # every N:M layer keeps n / m
+    assert SparsifierConfig(nm=(2, 4)).beta_max == 3.0
+    with pytest.raises(ValueError, match=r"^layer_floor: "):
+        SparsifierConfig(nm=(2, 4), layer_floor=0.4)
+    assert SparsifierConfig(target=0.5, layer_floor=0.0).layer_floor == 0.0  # published
     assert SparsifierConfig(target=0.5, beta_max=4.0).beta_init == 4.0  # default: min(10, max)
     assert SparsifierConfig(target=0.5, beta_init=1.0).beta_init == 1.0
     assert SparsifierConfig(target=0.5, include=["a*"]).include == ("a*",)
