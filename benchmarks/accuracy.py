@@ -104,13 +104,19 @@ SUITE_STRUCTURES: dict[str, tuple[int, tuple[int, int] | None]] = {
 }
 # the library before issue 12: the paper's forward (w * m) * h and gradient G * m
 PREVIOUS = "spartan, soft forward (before)"
+HARD_ONLY = "spartan, beta 10, no floor"
 SUITE_COLUMNS: dict[str, tuple[str, dict[str, Any]]] = {
     "magnitude": ("magnitude", {}),
     "topkast": ("topkast", {}),
     "spartan": ("spartan", {}),
-    PREVIOUS: ("spartan", {"forward": "soft", "weight_grad": "soft"}),
+    # the hard forward and dense gradient alone, with the previous beta and no floor
+    HARD_ONLY: ("spartan", {"beta_max": 10.0, "layer_floor": 0.0}),
+    PREVIOUS: (
+        "spartan",
+        {"forward": "soft", "weight_grad": "soft", "beta_max": 10.0, "layer_floor": 0.0},
+    ),
 }
-SUITE_SPARTANS = ("spartan", PREVIOUS)
+SUITE_SPARTANS = ("spartan", HARD_ONLY, PREVIOUS)
 # Pretrained starts (issue 12): each method from the suite's dense model of the same seed
 PRETRAINED_SPARSITIES = (0.95, 0.98)
 PRETRAINED_LABEL = "pretrained"
@@ -314,17 +320,21 @@ def suite_markdown(
         "Sparsity is that of the masked layers; 2:4 keeps 2 of every 4 consecutive input "
         "weights (50%). Every sparse method uses the library defaults otherwise (cosine "
         "annealing of the kept fraction over the first 20% of the steps, mask frozen for the "
-        "last 20%, global distribution). *spartan* is the library default since issue 12 "
-        '(`forward="hard"`, `weight_grad="dense"`); *' + PREVIOUS + "* is the default "
-        'before it, the published forward and gradient (`forward="soft"`, '
-        '`weight_grad="soft"`). The best mean of each row is in bold.',
+        "last 20%, global distribution, every layer keeping at least 40% of the kept fraction "
+        "(`layer_floor=0.4`; N:M has no floor)). *spartan* is the library default since "
+        'issue 12 (`forward="hard"`, `weight_grad="dense"`, beta 3 held for unstructured and '
+        "2:4, 10 -> 40 for 4x4 blocks, `layer_floor=0.4`); *" + HARD_ONLY + "* is the hard "
+        "forward and dense gradient alone (beta 10, no floor); *" + PREVIOUS + "* is the "
+        'default before issue 12, the published forward and gradient (`forward="soft"`, '
+        '`weight_grad="soft"`, beta 10, no floor). magnitude and topkast run with the same '
+        "floor. The best mean of each row is in bold.",
         "",
         "| model | structure | sparsity | dense | "
         + " | ".join(SUITE_COLUMNS)
-        + " | spartan vs best baseline | "
-        + PREVIOUS
-        + " vs best baseline |",
-        "|---|---|---|---|" + "---|" * (len(SUITE_COLUMNS) + 2),
+        + " | "
+        + " | ".join(f"{c} vs best baseline" for c in SUITE_SPARTANS)
+        + " |",
+        "|---|---|---|---|" + "---|" * (len(SUITE_COLUMNS) + len(SUITE_SPARTANS)),
     ]
     tally: dict[str, list[str]] = defaultdict(list)
     for model in models:
