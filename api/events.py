@@ -8,8 +8,9 @@ record it missed, in order, then the stream goes on live; nothing is sent twice.
 Events:
 
 - ``progress``: ``{id, status, progress}``: one per progress report the worker stored, and
-  one whenever the job's status or latest progress changes otherwise (queued, the heartbeat,
-  a re-queue); a fresh connection starts with one such event for the job as it is now;
+  one whenever the job's status or latest progress changes otherwise (queued, running, a
+  re-queue); a fresh connection starts with one such event for the job as it is now. Such a
+  status event may repeat the step of a stored report: key a series by ``step``;
 - ``epoch``: ``{id, status, epoch}``: an epoch's record (validation top-1, train loss, ...);
 - ``end``: the whole job (``JobPublic``) once it has finished, after every record.
 """
@@ -48,6 +49,14 @@ def snapshot_event(job: Job, last_id: int) -> ServerSentEvent:
     return ServerSentEvent(event="progress", id=str(last_id), data=data)
 
 
+def _content(progress: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What a progress report says: without the heartbeat's ``updated_at`` and the worker's
+    ``attempt`` (so a heartbeat that only re-writes the time sends no event)."""
+    if progress is None:
+        return None
+    return {k: v for k, v in progress.items() if k not in ("updated_at", "attempt")}
+
+
 async def job_events(
     store: JobStore,
     job_id: str,
@@ -76,7 +85,7 @@ async def job_events(
         for record in records:
             yield record_event(current, record)
             after = record.id
-        snapshot = (current.status, current.progress)
+        snapshot = (current.status, _content(current.progress))
         if records:
             last = snapshot
         elif snapshot != last and (last is not None or last_event_id is None):

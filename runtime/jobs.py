@@ -286,12 +286,13 @@ class JobMonitor:
     def progress(self, progress: dict[str, Any]) -> None:
         """Record a progress report (the training loop's progress hook): the job's latest
         progress, and one more point of its metric series."""
-        with self._lock:
-            self._last = {**progress, "attempt": self.attempt}
-        self._write()
+        # the record first: whoever sees this progress on the job finds it in the series
         self.store.add_metric(
             job_id=self.job_id, kind="progress", data=_plain(progress), attempt=self.attempt
         )
+        with self._lock:
+            self._last = {**progress, "attempt": self.attempt}
+        self._write()
 
     def epoch(self, entry: dict[str, Any]) -> None:
         """Record an epoch's record in the job's metric series (the epoch hook)."""

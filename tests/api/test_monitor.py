@@ -169,7 +169,7 @@ def test_events_carry_record_ids_and_resume_after_last_event_id(
 
     thread = threading.Thread(target=work)
     thread.start()
-    live = _events(client, job_id)
+    live = _events(client, job_id, params={"last_event_id": "0"})  # from the first record on
     thread.join()
     assert [e.event for e in live][-1] == "end"
     steps = [
