@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -116,3 +118,34 @@ def test_target_text() -> None:
 def test_vendored_chart_js_keeps_its_licence() -> None:
     assert (STATIC / "vendor" / "chart.js.LICENSE.md").read_text().startswith("The MIT License")
     assert "Chart.js v4.6.1" in (STATIC / "vendor" / "chart.umd.min.js").read_text()[:200]
+
+
+_TORCH_FREE = """
+import sys
+from fastapi.testclient import TestClient
+
+from api.main import create_app
+from spartan.store import get_store
+
+app = create_app()
+job, _ = get_store().create_job(owner="local", spec={"name": "j", "model": {}, "sparsity": {}})
+with TestClient(app) as client:
+    assert client.get("/ui/").status_code == 200
+    assert client.get(f"/ui/jobs/{job.id}").status_code == 200
+    assert client.get("/ui/jobs/nope").status_code == 404
+    assert client.get("/ui/static/dashboard.js").status_code == 200
+assert "torch" not in sys.modules, "torch was imported"
+print("torch-free")
+"""
+
+
+def test_jobs_and_job_pages_need_no_torch(settings: Settings) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", _TORCH_FREE],
+        cwd=Path(__file__).parents[3],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().endswith("torch-free")
