@@ -6,6 +6,7 @@ commands runs.
 
 from __future__ import annotations
 
+import json
 import signal
 from pathlib import Path
 from types import FrameType
@@ -18,8 +19,10 @@ from rich.table import Table
 
 from runtime import artifacts as art
 from runtime.export import DEPLOY_REPORT, ONNX_MODEL, export_artifacts
+from runtime.plots import write_plots
 from runtime.training import TrainHooks, TrainResult, run_training
 from runtime.validation import validate_spec
+from spartan.series import TRAINING_PHASE
 from spartan.settings import Settings
 from spartan.spec import JobSpec, load_spec_file
 
@@ -40,11 +43,19 @@ def train_locally(spec_file: Path, out: Path, settings: Settings, console: Conso
     checkpoint = out / "checkpoint.pt"
     if checkpoint.exists():
         console.print(f"resuming from {checkpoint}")
-    result = _train_with_progress(spec, out, checkpoint, settings, console)
+    points: list[dict[str, Any]] = []  # this run's training reports, for curves.png
+    result = _train_with_progress(spec, out, checkpoint, settings, console, points=points)
     if result.status != "succeeded":
         console.print(f"interrupted; checkpoint in {checkpoint}; run the same command to resume")
         raise typer.Exit(code=130)
     metrics = result.metrics or {}
+    report = out / art.COST_REPORT_JSON
+    write_plots(
+        out,
+        points=points,
+        epochs=metrics.get("history") or [],
+        cost_report=json.loads(report.read_text()) if report.is_file() else None,
+    )
     dense, final = metrics.get("dense") or {}, metrics.get("final") or {}
     console.print(
         f"dense top-1 {dense.get('top1', 0):.2%}  ->  sparse top-1 {final.get('top1', 0):.2%} "
@@ -55,10 +66,22 @@ def train_locally(spec_file: Path, out: Path, settings: Settings, console: Conso
 
 
 def _train_with_progress(
-    spec: JobSpec, out: Path, checkpoint: Path, settings: Settings, console: Console
+    spec: JobSpec,
+    out: Path,
+    checkpoint: Path,
+    settings: Settings,
+    console: Console,
+    *,
+    points: list[dict[str, Any]],
 ) -> TrainResult:
-    """``run_training`` under a progress bar; SIGINT asks it to checkpoint and stop."""
+    """``run_training`` under a progress bar; SIGINT asks it to checkpoint and stop. The
+    training reports are appended to ``points``."""
     interrupted = False
+
+    def on_progress(p: dict[str, Any]) -> None:
+        _show_progress(bar, task, p)
+        if p.get("phase") == TRAINING_PHASE:
+            points.append(p)
 
     def on_sigint(signum: int, frame: FrameType | None) -> None:
         nonlocal interrupted
@@ -82,7 +105,7 @@ def _train_with_progress(
                 checkpoint_path=checkpoint,
                 settings=settings,
                 hooks=TrainHooks(
-                    progress=lambda p: _show_progress(bar, task, p),
+                    progress=on_progress,
                     stop=lambda: "preempt" if interrupted else None,
                 ),
             )

@@ -22,7 +22,9 @@ def test_train_writes_artifacts(tmp_path: Path, settings: Settings) -> None:
     result = CliRunner().invoke(app, ["train", str(spec), "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert "sparse top-1" in result.output
-    assert {p.name for p in out.iterdir()} == set(ARTIFACT_NAMES)  # checkpoint removed
+    plots = {"curves.png", "layers.png"}  # drawn from this run's series
+    assert {p.name for p in out.iterdir()} == {*ARTIFACT_NAMES, *plots}  # checkpoint removed
+    assert all((out / name).read_bytes().startswith(b"\x89PNG") for name in plots)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["final"]["sparsity"] > 0.49
 
