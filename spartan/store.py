@@ -9,6 +9,7 @@ never live ORM objects.
 from __future__ import annotations
 
 import secrets
+import threading
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any, Literal
@@ -218,23 +219,38 @@ class _ColumnsRead:
         self.processors = [
             c.type.dialect_impl(dialect).result_processor(dialect, None) for c in selected
         ]
+        # SQLite: each thread reads on a connection of its own, kept (a local file: nothing to
+        # lose), which saves the pool's checkout and reset; other databases use the pool.
+        self._held = threading.local() if dialect.name == "sqlite" else None
 
     def __call__(self, job_id: str) -> tuple[Any, ...] | None:
-        conn = self.engine.raw_connection()  # pooled; closing it returns it (rolled back)
-        try:
-            cursor = conn.cursor()
+        params = (job_id,) if self.positional else {"job_id": job_id}
+        if self._held is not None:
+            conn = getattr(self._held, "conn", None)
+            if conn is None:
+                conn = self._held.conn = self.engine.raw_connection()
+                conn.detach()  # out of the pool: this thread's for good
+            row = self._fetch(conn, params)
+            conn.rollback()  # keep no read snapshot between polls (a no-op outside one)
+        else:
+            conn = self.engine.raw_connection()
             try:
-                cursor.execute(self.sql, (job_id,) if self.positional else {"job_id": job_id})
-                row = cursor.fetchone()
+                row = self._fetch(conn, params)
             finally:
-                cursor.close()
-        finally:
-            conn.close()
+                conn.close()  # back to the pool, rolled back
         if row is None:
             return None
         return tuple(
             v if p is None or v is None else p(v) for p, v in zip(self.processors, row, strict=True)
         )
+
+    def _fetch(self, conn: Any, params: Any) -> Any:
+        cursor = conn.cursor()
+        try:
+            cursor.execute(self.sql, params)
+            return cursor.fetchone()
+        finally:
+            cursor.close()
 
 
 def new_id(prefix: str) -> str:

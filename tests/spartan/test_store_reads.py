@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from datetime import datetime
 
+from sqlalchemy import text
+
 from spartan.store import JOB_JSON_COLUMNS, JobStore
 from tests.spartan.test_migrations import empty_db  # noqa: F401  (the sqlite/postgresql fixture)
 
@@ -40,3 +42,16 @@ def test_job_columns_match_the_orm_snapshot(empty_db: str) -> None:  # noqa: F81
             assert got.replace(tzinfo=None) == expected.replace(tzinfo=None), name
 
     assert store.job_columns(job_id="job_missing", columns=COLUMNS) is None
+
+
+def test_job_columns_see_every_commit_at_once(empty_db: str) -> None:  # noqa: F811
+    store = JobStore(empty_db)
+    job, _ = store.create_job(owner="alice", spec={})
+    read = ("status", "error")
+    assert store.job_columns(job_id=job.id, columns=read) == ("queued", None)
+    store.finish(job_id=job.id, status="failed", error="boom")  # through the ORM's connections
+    assert store.job_columns(job_id=job.id, columns=read) == ("failed", "boom")
+    with store.engine.connect() as conn:  # an uncommitted write is not seen, nor waited for
+        conn.execute(text("UPDATE jobs SET error = 'draft' WHERE id = :id"), {"id": job.id})
+        assert store.job_columns(job_id=job.id, columns=read) == ("failed", "boom")
+        conn.rollback()
