@@ -94,19 +94,22 @@ def _page(
     return response
 
 
-def _login(request: Request, settings: Settings, *, rejected: bool) -> HTMLResponse:
+def _login(request: Request, settings: Settings) -> HTMLResponse:
+    """The API-key page (401), in place of a page that needs a key; ``rejected`` when the
+    browser sent one that is unknown or revoked."""
     return _page(
         request,
         "login.html",
         settings=settings,
         owner=None,
         status_code=401,
-        rejected=rejected,
+        rejected=bool(request.cookies.get(KEY_COOKIE)),
         title="API key",
     )
 
 
 def _not_found(request: Request, settings: Settings, owner: str | None, what: str) -> HTMLResponse:
+    """The 404 page: ``what`` (a job, an artifact, a page) does not exist for this viewer."""
     return _page(
         request,
         "not_found.html",
@@ -126,6 +129,7 @@ def root() -> RedirectResponse:
 
 @router.get("/ui")
 def ui_root() -> RedirectResponse:
+    """The dashboard's address with its slash."""
     return RedirectResponse("/ui/", status_code=307)
 
 
@@ -139,7 +143,7 @@ def jobs_page(
 ) -> HTMLResponse:
     """The viewer's jobs, newest first, optionally of one status."""
     if owner is None:
-        return _login(request, settings, rejected=KEY_COOKIE in request.cookies)
+        return _login(request, settings)
     status = status if status in views.STATUSES else None
     jobs, count = store.list_jobs(owner=owner, status=status, limit=100)
     return _page(
@@ -159,18 +163,18 @@ def jobs_page(
 @router.get("/ui/login", response_class=HTMLResponse)
 def login_page(request: Request, settings: SettingsDep, owner: ViewerDep) -> HTMLResponse:
     """Where the browser is given an API key (stored in it, never on the server)."""
-    if not settings.auth_enabled:
-        return _page(
-            request, "login.html", settings=settings, owner=owner, rejected=False, title="API key"
-        )
-    return _login(request, settings, rejected=KEY_COOKIE in request.cookies and owner is None)
+    if owner is None:
+        return _login(request, settings)
+    return _page(
+        request, "login.html", settings=settings, owner=owner, rejected=False, title="API key"
+    )
 
 
 @router.get("/ui/plan", response_class=HTMLResponse)
 def plan_page(request: Request, settings: SettingsDep, owner: ViewerDep) -> HTMLResponse:
     """The plan explorer: a form for ``POST /v1/plans`` and the allocation it answers."""
     if owner is None:
-        return _login(request, settings, rejected=KEY_COOKIE in request.cookies)
+        return _login(request, settings)
     runtime = runtime_services()
     cost_models = [item["name"] for item in runtime.list_cost_models()]
     models = {
@@ -195,7 +199,7 @@ def job_page(
 ) -> HTMLResponse:
     """One job: live curves, per-layer density and cost, latency, spec, artifacts, errors."""
     if owner is None:
-        return _login(request, settings, rejected=KEY_COOKIE in request.cookies)
+        return _login(request, settings)
     job = store.get_job(job_id=job_id, owner=owner) if len(job_id) <= 40 else None
     if job is None:
         return _not_found(request, settings, owner, "job")
@@ -242,7 +246,7 @@ def job_file(
 ) -> Response:
     """An artifact for the page (images, downloads), for the viewer's own jobs only."""
     if owner is None:
-        return _login(request, settings, rejected=KEY_COOKIE in request.cookies)
+        return _login(request, settings)
     job = store.get_job(job_id=job_id, owner=owner) if len(job_id) <= 40 else None
     if job is None:
         return _not_found(request, settings, owner, "job")
