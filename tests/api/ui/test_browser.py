@@ -23,6 +23,8 @@ from spartan.settings import Settings
 from spartan.store import JobStore, get_store
 from tests.api.conftest import tiny_spec
 
+pytestmark = pytest.mark.slow  # a real browser process
+
 XSS = '<img src=x onerror="window.__xss=1"><script>window.__xss=1</script>'
 WAIT_MS = 60_000
 
