@@ -56,4 +56,8 @@ def test_job_page_curves_grow_while_a_worker_trains(
         "window.spartanJob.curves.top1.chart.data.datasets[0].data.length === 3",
         timeout=WAIT_MS,
     )
+    # the worker's log of the job, followed by the page
+    page.wait_for_function(
+        "document.getElementById('job-log').textContent.length > 0", timeout=WAIT_MS
+    )
     assert page.errors == []
