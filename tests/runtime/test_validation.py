@@ -148,5 +148,5 @@ def test_layer_floor_is_a_fraction_and_reaches_the_sparsifier(
         # model, data and the SparsifierConfig, no training
         return build_run(spec, settings, owner=None, device=torch.device("cpu")).config
 
-    assert config_of(tiny_spec()).layer_floor == 0.0  # the library default
-    assert config_of(tiny_spec(sparsity={"layer_floor": 0.4})).layer_floor == 0.4
+    assert config_of(tiny_spec()).layer_floor == 0.4  # the library default
+    assert config_of(tiny_spec(sparsity={"layer_floor": 0.0})).layer_floor == 0.0
