@@ -56,6 +56,7 @@ def validate_spec(
         store: the store holding the uploads (default: the store of ``settings``).
     """
     _check_resources(spec, settings)
+    _check_tracking(spec, settings)
     checkpoint_file(spec.model.checkpoint, settings=settings, owner=owner, store=store)
     _check_data(spec, settings)
     params = cost_model_params(spec.cost_model, spec.model.input_size, settings)
@@ -199,6 +200,20 @@ def _check_resources(spec: JobSpec, settings: Settings) -> None:
         raise FieldError(
             ("resources", "time_limit_s"),
             f"{limit} s is above this service's limit of {settings.job_time_limit_s} s",
+        )
+
+
+def _check_tracking(spec: JobSpec, settings: Settings) -> None:
+    uri = spec.tracking.mlflow
+    if not isinstance(uri, str) or uri == settings.mlflow_tracking_uri:
+        return
+    allowed = [a.rstrip("/") for a in settings.mlflow_allowed_uris]
+    if not any(uri.rstrip("/") == a or uri.startswith(a + "/") for a in allowed):
+        raise FieldError(
+            ("tracking", "mlflow"),
+            f"{uri[:200]!r} is not a tracking server this service allows "
+            f"(SPARTAN_MLFLOW_ALLOWED_URIS: {', '.join(allowed) or 'none'}); leave it out to "
+            "use the service's",
         )
 
 

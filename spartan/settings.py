@@ -76,8 +76,11 @@ class Settings(BaseSettings):
     # file:/srv/mlruns); empty: none, unless a job's spec names one (``tracking.mlflow``).
     mlflow_tracking_uri: str = ""
     mlflow_experiment: str = "spartan"  # a job's ``tracking.experiment`` overrides it
+    # The tracking servers a job's spec may name (``tracking.mlflow``), comma-separated: a job
+    # makes the worker connect where it says, so only these (and mlflow_tracking_uri) pass.
+    mlflow_allowed_uris: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
-    @field_validator("data_roots", mode="before")
+    @field_validator("data_roots", "mlflow_allowed_uris", mode="before")
     @classmethod
     def _split_list(cls, value: Any) -> Any:
         return split_list(value)

@@ -76,6 +76,30 @@ def test_a_spec_can_opt_out_and_names_only_remote_servers(tracked: Settings) -> 
         JobSpec.model_validate({**spec.model_dump(mode="json"), "tracking": {"mlflow": "file:/x"}})
 
 
+def test_a_spec_names_only_the_tracking_servers_the_service_allows(
+    tracked: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from runtime.validation import validate_spec
+    from spartan.errors import FieldError
+
+    remote = tiny_spec(tracking={"mlflow": "https://mlflow.example:5000"})
+    with pytest.raises(FieldError) as info:  # a job must not aim the worker at any host
+        validate_spec(remote, tracked)
+    assert info.value.loc == ("tracking", "mlflow")
+    assert "SPARTAN_MLFLOW_ALLOWED_URIS" in str(info.value)
+
+    monkeypatch.setenv("SPARTAN_MLFLOW_ALLOWED_URIS", "https://mlflow.example:5000/,http://b:1")
+    get_settings.cache_clear()
+    allowed = get_settings()
+    assert allowed.mlflow_allowed_uris == ["https://mlflow.example:5000/", "http://b:1"]
+    validate_spec(remote, allowed)
+    validate_spec(tiny_spec(tracking={"mlflow": "https://mlflow.example:5000/api"}), allowed)
+    for evil in ("https://mlflow.example:50000", "https://mlflow.example:5000.evil.com"):
+        with pytest.raises(FieldError):
+            validate_spec(tiny_spec(tracking={"mlflow": evil}), allowed)
+    validate_spec(tiny_spec(tracking={"mlflow": True}), allowed)  # the service's own
+
+
 def test_without_matplotlib_or_mlflow_the_job_still_publishes(
     tracked: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
