@@ -880,9 +880,11 @@ def grid_markdown(
         f"{budget.momentum}, learning rate {budget.lr} (one warm-up epoch, cosine to 0), weight "
         f"decay {budget.weight_decay}. The sparse methods use the library defaults: cost "
         "fraction annealed (cosine) over the first 20% of the steps, mask frozen for the last "
-        f"20%, {_floor_text()}; spartan holds beta at 10 (annealed 10 -> 40 for 4x4 "
-        'blocks) with mean-scaled unit values (`value_scale="mean"`). The column *spartan, '
-        "beta_init=1* starts beta at 1 as published (the library default before "
+        f"20%, {_floor_text()}; spartan holds beta at 3 (annealed 10 -> 40 for 4x4 "
+        'blocks) with the hard forward and dense gradient (`forward="hard"`, '
+        '`weight_grad="dense"`, the defaults since issue 12) and mean-scaled unit values '
+        '(`value_scale="mean"`). The column *spartan, beta_init=1* starts beta at 1 as '
+        "published and anneals it to the same final beta (the library default before "
         "docs/accuracy_ablation.md). The best mean of each row is in bold.",
         "",
         "| model | structure | sparsity | dense | "

@@ -124,8 +124,8 @@ class SparsifierConfig:
             pruned away: the suite's BN CNN at 98% with 4x4 blocks kept no block of conv3
             under spartan and fell to 10% (97.8-98.6% with the floor), and the floor removed
             the short-budget collapses and gained 2-5 points in the matched cost-budget runs
-            of docs/layer_floor/accuracy.md. It can cost mask-update time (the global
-            threshold and dual move more between steps).
+            of docs/layer_floor/accuracy.md. Its mask-update cost is small (ResNet-50, one
+            thread: 1.66x dense at batch 4 and 1.08x at 32, against 1.79x and 1.06x without).
     """
 
     method: str = "spartan"
