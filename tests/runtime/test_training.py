@@ -95,9 +95,9 @@ def test_cost_report_and_spec(reference: tuple[TrainResult, Path]) -> None:
     assert report["layers"]
     assert (out / "cost_report.csv").read_text().count("\n") >= len(report["layers"])
     spec = json.loads((out / "spec.json").read_text())
-    assert spec["sparsity"]["beta_max"] == 10.0  # the default, resolved
-    assert spec["sparsity"]["beta_init"] == 10.0
-    assert spec["sparsity"]["layer_floor"] == 0.0
+    assert spec["sparsity"]["beta_max"] == 3.0  # the unstructured default, resolved
+    assert spec["sparsity"]["beta_init"] == 3.0
+    assert spec["sparsity"]["layer_floor"] == 0.4
     assert spec["training"]["checkpoint_every_steps"] == 3
 
 
