@@ -27,6 +27,7 @@ from api.errors import ApiError
 from api.ui import views
 from spartan.keys import LOCAL_OWNER
 from spartan.settings import Settings
+from spartan.store import Job, JobStore
 
 HERE = Path(__file__).parent
 KEY_COOKIE = "spartan_key"
@@ -121,6 +122,19 @@ def _not_found(request: Request, settings: Settings, owner: str | None, what: st
     )
 
 
+def _viewed_job(
+    request: Request, settings: Settings, store: JobStore, owner: str | None, job_id: str
+) -> Job | HTMLResponse:
+    """The viewer's job, or the page to show instead: the API-key page without a viewer, the
+    404 page for an unknown job or another owner's (ids are at most 40 characters)."""
+    if owner is None:
+        return _login(request, settings)
+    job = store.get_job(job_id=job_id, owner=owner) if len(job_id) <= 40 else None
+    if job is None:
+        return _not_found(request, settings, owner, "job")
+    return job
+
+
 @router.get("/")
 def root() -> RedirectResponse:
     """The service's front page is the dashboard."""
@@ -198,11 +212,9 @@ def job_page(
     request: Request, job_id: str, settings: SettingsDep, store: StoreDep, owner: ViewerDep
 ) -> HTMLResponse:
     """One job: live curves, per-layer density and cost, latency, spec, artifacts, errors."""
-    if owner is None:
-        return _login(request, settings)
-    job = store.get_job(job_id=job_id, owner=owner) if len(job_id) <= 40 else None
-    if job is None:
-        return _not_found(request, settings, owner, "job")
+    job = _viewed_job(request, settings, store, owner, job_id)
+    if isinstance(job, HTMLResponse):
+        return job
     artifacts = services.list_artifacts(settings, job.id)
     report = views.read_json_artifact(settings, job.id, views.COST_REPORT) or {}
     names = {name for name, _ in artifacts}
@@ -245,11 +257,9 @@ def job_file(
     owner: ViewerDep,
 ) -> Response:
     """An artifact for the page (images, downloads), for the viewer's own jobs only."""
-    if owner is None:
-        return _login(request, settings)
-    job = store.get_job(job_id=job_id, owner=owner) if len(job_id) <= 40 else None
-    if job is None:
-        return _not_found(request, settings, owner, "job")
+    job = _viewed_job(request, settings, store, owner, job_id)
+    if isinstance(job, HTMLResponse):
+        return job
     try:
         path = services.artifact_path(settings, job.id, name)
     except ApiError:
