@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     max_queued_jobs_per_owner: int = Field(100, ge=0)
     max_running_jobs_per_owner: int = Field(10, ge=0)
     quota_retry_after_s: int = Field(60, ge=1)
+    # The most targets one sweep may have (POST /v1/sweeps: one child job per target).
+    max_sweep_points: int = Field(16, ge=1)
     max_delivery_attempts: int = 3
     job_time_limit_s: int = 7 * 24 * 3600
     checkpoint_every_steps: int = 200

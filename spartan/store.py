@@ -1,4 +1,4 @@
-"""The job store (SQLAlchemy): the source of truth for jobs, uploads and API keys.
+"""The job store (SQLAlchemy): the source of truth for jobs, sweeps, uploads and API keys.
 
 SQLite by default, PostgreSQL by URL. The broker only carries job ids; everything a job is
 (spec, status, progress, metrics, error, delivery attempts, cancellation) lives here, so a lost
@@ -19,6 +19,7 @@ from sqlalchemy import (
     JSON,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Integer,
     String,
@@ -124,6 +125,36 @@ class JobMetricRow(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
 
 
+class SweepRow(Base):
+    """One sweep (``spartan.sweeps``): a job spec without a target and the targets on one axis;
+    its children are ordinary jobs, linked in ``sweep_jobs``."""
+
+    __tablename__ = "sweeps"
+    __table_args__ = (
+        UniqueConstraint("owner", "idempotency_key", name="uq_sweep_owner_idempotency"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(100), index=True)
+    name: Mapped[str | None] = mapped_column(String(200))
+    axis: Mapped[str] = mapped_column(String(16))
+    targets: Mapped[list[float]] = mapped_column(JSON)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class SweepJobRow(Base):
+    """A child job of a sweep: its place in the sweep's targets and its target value."""
+
+    __tablename__ = "sweep_jobs"
+
+    sweep_id: Mapped[str] = mapped_column(String(40), ForeignKey("sweeps.id"), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[str] = mapped_column(String(40), ForeignKey("jobs.id"), unique=True)
+    target: Mapped[float] = mapped_column(Float)
+
+
 class JobMetric(BaseModel):
     """A snapshot of one record of a job's metric series."""
 
@@ -173,6 +204,26 @@ class Job(BaseModel):
         return self.status in TERMINAL
 
 
+class Sweep(BaseModel):
+    """A snapshot of one sweep (its children: ``JobStore.sweep_children``)."""
+
+    id: str
+    owner: str
+    name: str | None
+    axis: Literal["sparsity", "cost_fraction"]
+    targets: list[float]
+    spec: dict[str, Any]
+    created_at: datetime
+
+
+class SweepChild(BaseModel):
+    """One child of a sweep: its position, target and the job as it is now."""
+
+    position: int
+    target: float
+    job: Job
+
+
 class Upload(BaseModel):
     """A snapshot of one uploaded checkpoint."""
 
@@ -188,6 +239,10 @@ class Upload(BaseModel):
 
 def _job(row: JobRow) -> Job:
     return Job.model_validate(row, from_attributes=True)
+
+
+def _sweep(row: SweepRow) -> Sweep:
+    return Sweep.model_validate(row, from_attributes=True)
 
 
 def _same_claim(attempts: int, holder: str | None) -> list[Any]:
@@ -290,7 +345,7 @@ def get_engine(url: str) -> Engine:
 
 
 class JobStore:
-    """Data access for jobs, uploads and API keys; every method is keyword-only."""
+    """Data access for jobs, sweeps, uploads and API keys; every method is keyword-only."""
 
     def __init__(self, url: str) -> None:
         self.engine = get_engine(url)
@@ -568,6 +623,129 @@ class JobStore:
             lease_expires_at=None,
             attempts=case((JobRow.attempts > 0, JobRow.attempts - 1), else_=0),
         )
+
+    # sweeps ---------------------------------------------------------------------------------
+    def create_sweep(
+        self,
+        *,
+        owner: str,
+        axis: str,
+        targets: list[float],
+        spec: dict[str, Any],
+        child_specs: list[dict[str, Any]],
+        idempotency_key: str | None = None,
+    ) -> tuple[Sweep, list[Job], bool]:
+        """Store a sweep and its queued child jobs in one transaction; returns (sweep, its
+        jobs in target order, created).
+
+        All or nothing: a crash leaves either no trace or the whole sweep, whose jobs (not
+        yet sent: no ``enqueued_at``) the reconcilers send (``spartan.queue.resend_lost``).
+        A repeated idempotency key returns the first sweep and ``created=False``, also when
+        submissions race (the unique constraint ``uq_sweep_owner_idempotency``).
+        """
+        assert len(targets) == len(child_specs), (targets, len(child_specs))
+        if idempotency_key is not None:
+            found = self._sweep_by_key(owner=owner, idempotency_key=idempotency_key)
+            if found is not None:
+                return found, [c.job for c in self.sweep_children(sweep_id=found.id)], False
+        with self.session() as s:
+            sweep = SweepRow(
+                id=new_id("swp"),
+                owner=owner,
+                name=spec.get("name"),
+                axis=axis,
+                targets=list(targets),
+                spec=spec,
+                idempotency_key=idempotency_key,
+            )
+            s.add(sweep)
+            jobs = [
+                JobRow(
+                    id=new_id("job"),
+                    owner=owner,
+                    name=child.get("name"),
+                    status="queued",
+                    spec=child,
+                    attempts=0,
+                    cancel_requested=False,
+                )
+                for child in child_specs
+            ]
+            s.add_all(jobs)
+            s.flush()  # the parents before the links (PostgreSQL checks the foreign keys)
+            s.add_all(
+                SweepJobRow(sweep_id=sweep.id, position=i, job_id=job.id, target=target)
+                for i, (job, target) in enumerate(zip(jobs, targets, strict=True))
+            )
+            try:
+                s.commit()
+            except IntegrityError:
+                s.rollback()
+                if idempotency_key is None:
+                    raise
+                found = self._sweep_by_key(owner=owner, idempotency_key=idempotency_key)
+                if found is None:
+                    raise
+                return found, [c.job for c in self.sweep_children(sweep_id=found.id)], False
+            return _sweep(sweep), [_job(j) for j in jobs], True
+
+    def _sweep_by_key(self, *, owner: str, idempotency_key: str) -> Sweep | None:
+        with self.session() as s:
+            row = s.scalar(
+                select(SweepRow).where(
+                    SweepRow.owner == owner, SweepRow.idempotency_key == idempotency_key
+                )
+            )
+            return _sweep(row) if row is not None else None
+
+    def get_sweep(self, *, sweep_id: str, owner: str | None = None) -> Sweep | None:
+        """The sweep, or None when it does not exist or belongs to another owner."""
+        with self.session() as s:
+            row = s.get(SweepRow, sweep_id)
+            if row is None or (owner is not None and row.owner != owner):
+                return None
+            return _sweep(row)
+
+    def list_sweeps(
+        self, *, owner: str | None = None, limit: int = 50, offset: int = 0
+    ) -> tuple[list[Sweep], int]:
+        """Sweeps newest first, and how many there are in all."""
+        query = select(SweepRow)
+        if owner is not None:
+            query = query.where(SweepRow.owner == owner)
+        with self.session() as s:
+            total = s.scalar(select(func.count()).select_from(query.subquery())) or 0
+            rows = s.scalars(
+                query.order_by(SweepRow.created_at.desc(), SweepRow.id).limit(limit).offset(offset)
+            ).all()
+            return [_sweep(r) for r in rows], total
+
+    def sweep_children(self, *, sweep_id: str) -> list[SweepChild]:
+        """The sweep's child jobs as they are now, in the order of its targets."""
+        return self.sweeps_children(sweep_ids=[sweep_id]).get(sweep_id, [])
+
+    def sweeps_children(self, *, sweep_ids: list[str]) -> dict[str, list[SweepChild]]:
+        """The children of several sweeps in one query: sweep id -> its children in order."""
+        if not sweep_ids:
+            return {}
+        query = (
+            select(SweepJobRow, JobRow)
+            .join(JobRow, JobRow.id == SweepJobRow.job_id)
+            .where(SweepJobRow.sweep_id.in_(sweep_ids))
+            .order_by(SweepJobRow.sweep_id, SweepJobRow.position)
+        )
+        out: dict[str, list[SweepChild]] = {}
+        with self.session() as s:
+            for link, job in s.execute(query):
+                out.setdefault(link.sweep_id, []).append(
+                    SweepChild(position=link.position, target=link.target, job=_job(job))
+                )
+        return out
+
+    def sweep_of_job(self, *, job_id: str) -> str | None:
+        """The id of the sweep a job belongs to, if any."""
+        with self.session() as s:
+            return s.scalar(select(SweepJobRow.sweep_id).where(SweepJobRow.job_id == job_id))
 
     # metric series --------------------------------------------------------------------------
     def add_metric(
