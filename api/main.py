@@ -18,7 +18,7 @@ from api import errors, services, ui
 from api.limits import BodyLimitMiddleware
 from api.metrics import Metrics, MetricsMiddleware
 from api.polls import PollCache
-from api.routes import artifacts, catalog, health, jobs, monitor, plans, uploads
+from api.routes import artifacts, catalog, health, jobs, monitor, plans, sweeps, uploads
 from spartan.queue import BROKER_DOWN, Broker, CeleryBroker, resend_lost
 from spartan.settings import Settings, get_settings
 from spartan.store import get_store
@@ -99,6 +99,7 @@ def create_app(settings: Settings | None = None, *, broker: Broker | None = None
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
 
     app.include_router(jobs.router)
+    app.include_router(sweeps.router)
     app.include_router(artifacts.router)
     app.include_router(monitor.router)
     app.include_router(uploads.router)

@@ -16,9 +16,15 @@ from spartan.store import JobStore
 
 
 def check_quota(
-    *, store: JobStore, settings: Settings, owner: str, idempotency_key: str | None = None
+    *,
+    store: JobStore,
+    settings: Settings,
+    owner: str,
+    idempotency_key: str | None = None,
+    adding: int = 1,
 ) -> None:
-    """Raise 429 if ``owner`` may not submit another job now.
+    """Raise 429 if ``owner`` may not submit ``adding`` more jobs now (a sweep adds one per
+    target): the queued jobs would be over their limit, or the running ones are at theirs.
 
     Raises:
         ApiError: 429 naming the count and the setting that limits it, with ``Retry-After``.
@@ -34,10 +40,12 @@ def check_quota(
         if limit <= 0:
             continue
         _, count = store.list_jobs(owner=owner, status=status, limit=0)
-        if count >= limit:
+        more = adding if status == "queued" else 1
+        if count + more > limit:
+            asks = f" and asks for {more} more" if more > 1 else ""
             raise ApiError(
                 429,
-                f"{owner!r} has {count} {status} jobs, the limit of this service ({setting}"
+                f"{owner!r} has {count} {status} jobs{asks}, the limit of this service ({setting}"
                 f"={limit}); try again when some have finished, or cancel some",
                 loc=[],
                 type="quota_exceeded",

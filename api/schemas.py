@@ -9,10 +9,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from spartan.spec import CostModelSpec, ModelSpec, TargetSpec
 from spartan.store import Job, JobStatus, Upload
+from spartan.sweeps import Axis, SweepStatus
 
 
 def _utc(value: datetime) -> datetime:
@@ -96,6 +97,103 @@ class JobMetricsPublic(BaseModel):
     last_id: int = Field(
         description="the id of the newest record (the event id of GET /v1/jobs/{id}/events)"
     )
+
+
+# sweeps ---------------------------------------------------------------------------------------
+class SweepTargets(BaseModel):
+    """The targets of a sweep: a list on exactly one axis (each value becomes one child job)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sparsity: list[float] | None = Field(
+        None,
+        description="sparsity targets, each in (0, 1), e.g. [0.5, 0.8, 0.9] (params cost model "
+        "only); distinct values, at most SPARTAN_MAX_SWEEP_POINTS",
+    )
+    cost_fraction: list[float] | None = Field(
+        None,
+        description="kept cost fractions, each in (0, 1], e.g. [0.5, 0.3, 0.2, 0.1]; distinct "
+        "values, at most SPARTAN_MAX_SWEEP_POINTS",
+    )
+
+
+class SweepCreate(BaseModel):
+    """A sweep: one job spec trained at several targets (``spartan.sweeps``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    spec: dict[str, Any] = Field(
+        description="a job spec as POST /v1/jobs takes it, without a target "
+        "(sparsity.sparsity and sparsity.cost_fraction left out): each child job is this spec "
+        "with one of the targets put into sparsity.<axis>"
+    )
+    targets: SweepTargets
+
+
+class SweepJobPublic(BaseModel):
+    """One child job of a sweep."""
+
+    id: str
+    target: float = Field(description="its value on the sweep's axis")
+    status: JobStatus
+    error: str | None = None
+
+
+class SweepPointPublic(BaseModel):
+    """What a succeeded child achieved."""
+
+    job_id: str
+    target: float
+    top1: float = Field(description="validation top-1 of the final model, in [0, 1]")
+    cost_fraction: float = Field(description="kept fraction of the cost (the cost report's)")
+    latency_ms: float | None = Field(
+        description="forward latency of the deployed model, measured on the worker (ms)"
+    )
+
+
+class SweepCreated(BaseModel):
+    """The answer to a sweep submission: the sweep and its child jobs (all queued)."""
+
+    id: str
+    status: SweepStatus
+    jobs: list[SweepJobPublic]
+
+
+class SweepSummaryPublic(BaseModel):
+    """A sweep in a list: its status and its children's counts by status."""
+
+    id: str
+    name: str | None
+    status: SweepStatus = Field(
+        description="from the children: queued (all queued), running (some unfinished), "
+        "succeeded (all), partial (all finished, some succeeded), failed (none succeeded, "
+        "some failed), cancelled (all cancelled)"
+    )
+    axis: Axis
+    targets: list[float]
+    counts: dict[str, int] = Field(description="child jobs by status")
+    created_at: UtcDatetime
+
+
+class SweepPublic(SweepSummaryPublic):
+    """A sweep: its children, the points they reached and the Pareto frontier."""
+
+    jobs: list[SweepJobPublic] = Field(description="the child jobs, in the order of targets")
+    points: list[SweepPointPublic] = Field(description="every succeeded child, cheapest first")
+    frontier: list[SweepPointPublic] = Field(
+        description="the Pareto-optimal points (no other point has cost_fraction <= and "
+        "top1 >= with one strict), cheapest first"
+    )
+    spec: dict[str, Any] = Field(description="the sweep's job spec, without a target")
+
+
+class SweepsPublic(BaseModel):
+    """One page of sweeps, newest first; ``count`` is the total."""
+
+    data: list[SweepSummaryPublic]
+    count: int
+    limit: int
+    offset: int
 
 
 # artifacts ------------------------------------------------------------------------------------

@@ -645,7 +645,7 @@ class JobStore:
         """
         assert len(targets) == len(child_specs), (targets, len(child_specs))
         if idempotency_key is not None:
-            found = self._sweep_by_key(owner=owner, idempotency_key=idempotency_key)
+            found = self.find_sweep_by_idempotency_key(owner=owner, idempotency_key=idempotency_key)
             if found is not None:
                 return found, [c.job for c in self.sweep_children(sweep_id=found.id)], False
         with self.session() as s:
@@ -683,13 +683,16 @@ class JobStore:
                 s.rollback()
                 if idempotency_key is None:
                     raise
-                found = self._sweep_by_key(owner=owner, idempotency_key=idempotency_key)
+                found = self.find_sweep_by_idempotency_key(
+                    owner=owner, idempotency_key=idempotency_key
+                )
                 if found is None:
                     raise
                 return found, [c.job for c in self.sweep_children(sweep_id=found.id)], False
             return _sweep(sweep), [_job(j) for j in jobs], True
 
-    def _sweep_by_key(self, *, owner: str, idempotency_key: str) -> Sweep | None:
+    def find_sweep_by_idempotency_key(self, *, owner: str, idempotency_key: str) -> Sweep | None:
+        """The owner's sweep submitted with this idempotency key, if any."""
         with self.session() as s:
             row = s.scalar(
                 select(SweepRow).where(

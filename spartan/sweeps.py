@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -178,30 +178,39 @@ class Point:
         return asdict(self)
 
 
-def dominates(a: Point, b: Point) -> bool:
-    """Whether ``a`` beats ``b``: no costlier, no less accurate, and strictly better in one."""
-    return (
-        a.cost_fraction <= b.cost_fraction
-        and a.top1 >= b.top1
-        and (a.cost_fraction < b.cost_fraction or a.top1 > b.top1)
-    )
+CostOf = Callable[["Point"], float]
 
 
-def pareto_frontier(points: Iterable[Point]) -> list[Point]:
-    """The points no other point dominates (minimise cost_fraction, maximise top1), cheapest
-    first; points equal in both stay together on the frontier (neither dominates the other).
+def _cost_fraction(point: Point) -> float:
+    return point.cost_fraction
 
-    One sort and one sweep: ordered by cost ascending then top-1 descending, a point is on the
-    frontier when its top-1 is above the best of every cheaper point, or equals the best of
-    points at its own cost with nothing cheaper as good.
+
+def dominates(a: Point, b: Point, *, cost: CostOf = _cost_fraction) -> bool:
+    """Whether ``a`` beats ``b``: no costlier, no less accurate, and strictly better in one.
+
+    Args:
+        cost: what a point costs (default its cost fraction; e.g. its latency instead).
     """
-    ordered = sorted(points, key=lambda p: (p.cost_fraction, -p.top1, p.job_id))
+    ca, cb = cost(a), cost(b)
+    return ca <= cb and a.top1 >= b.top1 and (ca < cb or a.top1 > b.top1)
+
+
+def pareto_frontier(points: Iterable[Point], *, cost: CostOf = _cost_fraction) -> list[Point]:
+    """The points no other point dominates (minimise ``cost``, by default the cost fraction;
+    maximise top1), cheapest first; points equal in both stay together on the frontier
+    (neither dominates the other).
+
+    One sort and one pass: ordered by cost ascending then top-1 descending, the points of one
+    cost are on the frontier when they have that cost's best top-1 and it is above the best
+    top-1 of every cheaper point.
+    """
+    ordered = sorted(points, key=lambda p: (cost(p), -p.top1, p.job_id))
     frontier: list[Point] = []
-    best_cheaper = -math.inf  # best top-1 among points strictly cheaper than the current cost
+    best_cheaper = -math.inf  # the best top-1 among the points cheaper than the current cost
     i = 0
     while i < len(ordered):
-        cost = ordered[i].cost_fraction
-        group = [p for p in ordered[i:] if p.cost_fraction == cost]  # same cost, best first
+        at = cost(ordered[i])
+        group = [p for p in ordered[i:] if cost(p) == at]  # one cost, best top-1 first
         top = group[0].top1
         if top > best_cheaper:
             frontier += [p for p in group if p.top1 == top]

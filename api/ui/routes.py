@@ -1,10 +1,11 @@
-"""The dashboard's pages: jobs, one job, the plan explorer, the API-key page, and 404.
+"""The dashboard's pages: jobs, one job, sweeps, one sweep, the plan explorer, the API-key page,
+and 404.
 
 Pages are rendered on the server (Jinja2, autoescaped) for the viewer only: with auth on the
 viewer is the owner of the API key the browser stored (sent as the ``spartan_key`` cookie to
-these pages and as ``Authorization: Bearer`` to the REST API by the page scripts), and a job of
-any other owner is a 404 page, as an unknown one is. Live parts (status, curves, cancel, plans)
-are the page scripts calling the REST API under ``/v1``.
+these pages and as ``Authorization: Bearer`` to the REST API by the page scripts), and a job or
+a sweep of any other owner is a 404 page, as an unknown one is. Live parts (status, curves,
+cancel, plans) are the page scripts calling the REST API under ``/v1``.
 """
 
 from __future__ import annotations
@@ -20,14 +21,14 @@ from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Resp
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
-from api import services
+from api import services, sweeps
 from api.auth import owner_for_token
 from api.deps import SettingsDep, StoreDep, runtime_services
 from api.errors import ApiError
 from api.ui import views
 from spartan.keys import LOCAL_OWNER
 from spartan.settings import Settings
-from spartan.store import Job, JobStore
+from spartan.store import Job, JobStore, Sweep
 
 HERE = Path(__file__).parent
 KEY_COOKIE = "spartan_key"
@@ -135,6 +136,19 @@ def _viewed_job(
     return job
 
 
+def _viewed_sweep(
+    request: Request, settings: Settings, store: JobStore, owner: str | None, sweep_id: str
+) -> Sweep | HTMLResponse:
+    """The viewer's sweep, or the API-key page (no viewer) or the 404 page (unknown, or
+    another owner's) to show instead."""
+    if owner is None:
+        return _login(request, settings)
+    sweep = store.get_sweep(sweep_id=sweep_id, owner=owner) if len(sweep_id) <= 40 else None
+    if sweep is None:
+        return _not_found(request, settings, owner, "sweep")
+    return sweep
+
+
 @router.get("/")
 def root() -> RedirectResponse:
     """The service's front page is the dashboard."""
@@ -226,6 +240,7 @@ def job_page(
         title=job.name or job.id,
         active="jobs",
         job=job,
+        sweep_id=store.sweep_of_job(job_id=job.id),
         progress_pct=views.progress_percent(job),
         summary=views.job_summary(job),
         spec_json=json.dumps(job.spec, indent=2, sort_keys=True),
@@ -270,6 +285,83 @@ def job_file(
         filename=path.name,
         content_disposition_type="inline" if inline else "attachment",
         headers={"X-Content-Type-Options": "nosniff"},
+    )
+
+
+@router.get("/ui/sweeps", response_class=HTMLResponse)
+def sweeps_page(
+    request: Request, settings: SettingsDep, store: StoreDep, owner: ViewerDep
+) -> HTMLResponse:
+    """The viewer's sweeps, newest first, with their status and their children's counts."""
+    if owner is None:
+        return _login(request, settings)
+    data, count = sweeps.list_sweeps(store, owner=owner, limit=100, offset=0)
+    return _page(
+        request,
+        "sweeps.html",
+        settings=settings,
+        owner=owner,
+        title="Sweeps",
+        active="sweeps",
+        sweeps=[views.sweep_row(s) for s in data],
+        count=count,
+    )
+
+
+@router.get("/ui/sweeps/{sweep_id}", response_class=HTMLResponse)
+def sweep_page(
+    request: Request, sweep_id: str, settings: SettingsDep, store: StoreDep, owner: ViewerDep
+) -> HTMLResponse:
+    """One sweep: its children with their status, the frontier table and its plot."""
+    sweep = _viewed_sweep(request, settings, store, owner, sweep_id)
+    if isinstance(sweep, HTMLResponse):
+        return sweep
+    public = sweeps.sweep_public(store, settings, sweep)
+    finished = public.status not in ("queued", "running")
+    return _page(
+        request,
+        "sweep.html",
+        settings=settings,
+        owner=owner,
+        title=sweep.name or sweep.id,
+        active="sweeps",
+        sweep=public,
+        rows=views.sweep_children(public),
+        frontier=[views.point_row(p) for p in public.frontier],
+        finished=finished,
+        spec_json=json.dumps(sweep.spec, indent=2, sort_keys=True),
+        page_data={
+            "sweep_id": sweep.id,
+            "status": public.status,
+            "finished": finished,
+            "statuses": [j.status for j in public.jobs],
+        },
+    )
+
+
+@router.get("/ui/sweeps/{sweep_id}/frontier.png")
+def sweep_plot(
+    request: Request,
+    sweep_id: str,
+    settings: SettingsDep,
+    store: StoreDep,
+    owner: ViewerDep,
+    x: str = "cost_fraction",
+) -> Response:
+    """The sweep's frontier plot for the page (``GET /v1/sweeps/{id}/frontier.png``)."""
+    sweep = _viewed_sweep(request, settings, store, owner, sweep_id)
+    if isinstance(sweep, HTMLResponse):
+        return sweep
+    points = sweeps.sweep_points(settings, store.sweep_children(sweep_id=sweep.id))
+    axis: sweeps.PlotAxis = "latency_ms" if x == "latency_ms" else "cost_fraction"
+    try:
+        png = sweeps.frontier_png(sweep, points, x=axis)
+    except sweeps.PlotsUnavailable:
+        return _not_found(request, settings, owner, "plot (matplotlib is not installed)")
+    return Response(
+        png,
+        media_type="image/png",
+        headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"},
     )
 
 

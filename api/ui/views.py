@@ -13,6 +13,7 @@ import logging
 from typing import Any
 
 from api import services
+from api.schemas import SweepPointPublic, SweepPublic, SweepSummaryPublic
 from spartan.settings import Settings
 from spartan.store import Job
 
@@ -152,3 +153,59 @@ def deployment_facts(report: dict[str, Any]) -> dict[str, Any] | None:
         return None
     keys = ("device", "threads", "dtype", "batch_size", "input_shape")
     return {k: deployment.get(k) for k in keys}
+
+
+# sweeps ---------------------------------------------------------------------------------------
+def sweep_targets_text(axis: str, targets: list[float]) -> str:
+    """A sweep's targets as people say them: ``cost fraction 0.5, 0.3, 0.1``."""
+    name = "sparsity" if axis == "sparsity" else "cost fraction"
+    return f"{name} " + ", ".join(f"{t:g}" for t in targets)
+
+
+def sweep_row(sweep: SweepSummaryPublic) -> dict[str, Any]:
+    """One row of the sweeps table."""
+    total = sum(sweep.counts.values())
+    return {
+        "id": sweep.id,
+        "name": sweep.name or "",
+        "status": sweep.status,
+        "targets": sweep_targets_text(sweep.axis, sweep.targets),
+        "done": f"{sweep.counts.get('succeeded', 0)} / {total} succeeded",
+        "created": sweep.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+
+
+def point_row(point: SweepPointPublic) -> dict[str, Any]:
+    """One row of a frontier table: the target, top-1, cost fraction and latency as text."""
+    return {
+        "job_id": point.job_id,
+        "target": f"{point.target:g}",
+        "top1": percent(point.top1),
+        "cost_fraction": percent(point.cost_fraction),
+        "latency_ms": "-" if point.latency_ms is None else f"{point.latency_ms:.3f}",
+    }
+
+
+def sweep_children(sweep: SweepPublic) -> list[dict[str, Any]]:
+    """The rows of a sweep's children table: target, status, what it reached, on the frontier
+    or not."""
+    points = {p.job_id: p for p in sweep.points}
+    on = {p.job_id for p in sweep.frontier}
+    rows = []
+    for job in sweep.jobs:
+        point = points.get(job.id)
+        rows.append(
+            {
+                "id": job.id,
+                "target": f"{job.target:g}",
+                "status": job.status,
+                "error": job.error or "",
+                "top1": percent(point.top1) if point else "-",
+                "cost_fraction": percent(point.cost_fraction) if point else "-",
+                "latency_ms": "-"
+                if point is None or point.latency_ms is None
+                else f"{point.latency_ms:.3f}",
+                "frontier": job.id in on,
+            }
+        )
+    return rows

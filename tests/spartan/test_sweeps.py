@@ -60,6 +60,15 @@ def test_ties() -> None:
     assert not dominates(one, twin) and not dominates(twin, one)
 
 
+def test_a_frontier_on_another_cost() -> None:
+    fast = Point(job_id="fast", target=0.5, top1=0.8, cost_fraction=0.5, latency_ms=1.0)
+    cheap = Point(job_id="cheap", target=0.2, top1=0.7, cost_fraction=0.2, latency_ms=2.0)
+    assert pareto_frontier([fast, cheap]) == [cheap, fast]
+    by_latency = pareto_frontier([fast, cheap], cost=lambda p: p.latency_ms or 0.0)
+    assert by_latency == [fast]  # faster and more accurate
+    assert dominates(fast, cheap, cost=lambda p: p.latency_ms or 0.0)
+
+
 def _metrics(top1: float, cost: float) -> dict:
     return {"final": {"top1": top1, "cost_fraction": cost + 0.01}, "cost": {"cost_fraction": cost}}
 
