@@ -15,6 +15,8 @@ validation split:
 
 Batches follow ``EpochBatchSampler``: a permutation of the training split that depends only on
 (seed, epoch), so a run resumed at (epoch, batch) sees exactly the batches it would have seen.
+On several devices every global batch of that order is split into equal, disjoint shards, one
+per rank (rank r takes the r-th slice), so the ranks together see the batches one device would.
 """
 
 from __future__ import annotations
@@ -103,17 +105,36 @@ class EpochBatchSampler(Sampler[list[int]]):
     """Full batches of one epoch's permutation, starting at batch ``start_batch``.
 
     The last incomplete batch is dropped, so every epoch has ``num_samples // batch_size``
-    steps.
+    steps. With ``world_size`` ranks, ``batch_size`` is the global batch and rank ``rank``
+    gets its ``batch_size // world_size`` samples: the ``rank``-th slice of each batch.
+
+    Raises:
+        ValueError: naming ``training.batch_size`` when it is not a multiple of ``world_size``.
     """
 
     def __init__(
-        self, num_samples: int, *, batch_size: int, seed: int, epoch: int, start_batch: int = 0
+        self,
+        num_samples: int,
+        *,
+        batch_size: int,
+        seed: int,
+        epoch: int,
+        start_batch: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
+        if batch_size % world_size:
+            raise ValueError(
+                f"training.batch_size: {batch_size} does not split evenly across "
+                f"{world_size} devices (resources.devices)"
+            )
         self.num_samples = num_samples
         self.batch_size = batch_size
         self.seed = seed
         self.epoch = epoch
         self.start_batch = start_batch
+        self.rank = rank
+        self.world_size = world_size
 
     @staticmethod
     def batches_per_epoch(num_samples: int, batch_size: int) -> int:
@@ -125,8 +146,10 @@ class EpochBatchSampler(Sampler[list[int]]):
     def __iter__(self) -> Iterator[list[int]]:
         order = epoch_permutation(self.num_samples, seed=self.seed, epoch=self.epoch).tolist()
         total = self.batches_per_epoch(self.num_samples, self.batch_size)
+        shard = self.batch_size // self.world_size
         for b in range(self.start_batch, total):
-            yield order[b * self.batch_size : (b + 1) * self.batch_size]
+            start = b * self.batch_size + self.rank * shard
+            yield order[start : start + shard]
 
 
 def train_loader(
@@ -138,14 +161,19 @@ def train_loader(
     start_batch: int = 0,
     num_workers: int = 0,
     pin_memory: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> DataLoader:
-    """Batches of one training epoch in the deterministic order, from ``start_batch`` on."""
+    """Batches of one training epoch in the deterministic order, from ``start_batch`` on; with
+    ``world_size`` ranks, this rank's shard of each (global) batch of ``batch_size``."""
     sampler = EpochBatchSampler(
         len(dataset),  # type: ignore[arg-type]
         batch_size=batch_size,
         seed=seed,
         epoch=epoch,
         start_batch=start_batch,
+        rank=rank,
+        world_size=world_size,
     )
     return DataLoader(
         dataset, batch_sampler=sampler, num_workers=num_workers, pin_memory=pin_memory

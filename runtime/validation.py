@@ -5,8 +5,9 @@ The pydantic schema (``spartan.spec``) already rejects unknown fields and out-of
 the input size, does the cost model exist and accept its parameters, do the layer patterns
 select anything, do the blocks or N:M groups tile the layers, can the target be reached (with
 N:M: is it the one n / m gives), are paths under the data roots, does a checkpoint reference
-exist. ``check_model`` and ``check_target`` are shared with one-shot plans, whose target fields
-sit at the top of the request rather than under ``sparsity`` (``where``).
+exist, does the global batch split across the ``resources.devices`` ranks. ``check_model``
+and ``check_target`` are shared with one-shot plans, whose target fields sit at the top of the
+request rather than under ``sparsity`` (``where``).
 
 Every error is a ``FieldError`` located in the spec, e.g. ``("model", "name")``; its text is
 ``model.name: unknown torchvision architecture 'resnet1000'; ...``. Models are built on the
@@ -200,6 +201,22 @@ def _check_resources(spec: JobSpec, settings: Settings) -> None:
         raise FieldError(
             ("resources", "time_limit_s"),
             f"{limit} s is above this service's limit of {settings.job_time_limit_s} s",
+        )
+    check_devices(spec)
+
+
+def check_devices(spec: JobSpec) -> None:
+    """The global batch must split evenly across ``resources.devices`` ranks.
+
+    Raises:
+        FieldError: at ``training.batch_size`` when it is not a multiple of the devices.
+    """
+    devices, batch = spec.resources.devices, spec.training.batch_size
+    if batch % devices:
+        raise FieldError(
+            ("training", "batch_size"),
+            f"{batch} is the global batch and must split evenly across resources.devices="
+            f"{devices} ranks; use a multiple of {devices}",
         )
 
 

@@ -224,11 +224,27 @@ class TrainingSpec(_Strict):
     checkpoint_every_steps: int | None = Field(None, ge=1, description="default: settings")
 
 
+MAX_DEVICES = 64
+
+
 class ResourcesSpec(_Strict):
-    """Where and for how long the job may run."""
+    """Where, on how many devices and for how long the job may run.
+
+    ``devices``: N > 1 runs the job as N torch.distributed ranks on one worker machine (one
+    GPU per rank on CUDA, N processes on CPU; ``runtime.training.distributed``).
+    ``training.batch_size`` is the global batch, split evenly across the ranks, so it must be
+    a multiple of N (``runtime.validation``).
+    """
 
     queue: str = Field("default", min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")
     time_limit_s: int = Field(24 * 3600, ge=10, le=30 * 24 * 3600)
+    devices: int = Field(
+        1,
+        ge=1,
+        le=MAX_DEVICES,
+        description="devices (ranks) on one worker machine: GPUs on CUDA, processes on CPU; "
+        "training.batch_size is the global batch, split evenly across them",
+    )
 
 
 class TrackingSpec(_Strict):

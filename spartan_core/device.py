@@ -1,4 +1,5 @@
-"""Device handling in one place: which device to use, mixed precision, synchronisation.
+"""Device handling in one place: which device to use, mixed precision, synchronisation, and
+for jobs on several devices each rank's device, backend and CPU threads.
 
 Every device-specific branch of the project lives here, so the rest of the code runs unchanged
 on CUDA (with mixed precision) and on CPU.
@@ -7,6 +8,7 @@ on CUDA (with mixed precision) and on CPU.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 
 import torch
@@ -67,3 +69,40 @@ def synchronize(device: torch.device) -> None:
     """Wait for queued work on ``device`` (a no-op on CPU); use before reading timers."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+# several devices --------------------------------------------------------------------------
+def distributed_backend(device: torch.device) -> str:
+    """The torch.distributed backend for ranks on ``device``: NCCL on CUDA, gloo elsewhere."""
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
+def rank_device(rank: int, world_size: int, device_type: str) -> torch.device:
+    """The device of rank ``rank`` of ``world_size`` ranks on one machine.
+
+    On CUDA rank r uses ``cuda:r`` of the GPUs this process sees (``CUDA_VISIBLE_DEVICES``
+    chooses and orders them); on CPU every rank uses the CPU.
+
+    Raises:
+        ValueError: naming ``resources.devices`` when CUDA has fewer visible GPUs than ranks.
+    """
+    if device_type != "cuda":
+        return torch.device(device_type)
+    visible = torch.cuda.device_count()
+    if world_size > visible:
+        chosen = os.environ.get("CUDA_VISIBLE_DEVICES")
+        where = "" if chosen is None else f" (CUDA_VISIBLE_DEVICES={chosen!r})"
+        raise ValueError(
+            f"resources.devices: {world_size} ranks need {world_size} GPUs, this worker sees "
+            f"{visible}{where}"
+        )
+    return torch.device("cuda", rank)
+
+
+def cpu_threads_per_rank(world_size: int) -> int:
+    """Torch intra-op threads for each of ``world_size`` ranks sharing this machine's CPUs."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    return max(1, cpus // world_size)

@@ -28,6 +28,7 @@ def finish_run(
     *,
     out_dir: Path,
     device: torch.device,
+    mask_sha256: list[str],
     evaluate: Callable[[], dict[str, float]],
     emit: Callable[[str], None],
     elapsed: Callable[[], float],
@@ -35,6 +36,8 @@ def finish_run(
     """Finalize the masks into the weights and write every artifact into ``out_dir``.
 
     Args:
+        mask_sha256: the final masks' hash on each rank, in rank order (one on one device;
+            ``stats.masks_sha256``), written to the metrics.
         evaluate: validation of the current model (stoppable).
         emit: reports a phase (``finalizing``, ``deploying``).
         elapsed: the run time so far (s).
@@ -68,6 +71,8 @@ def finish_run(
         "epochs": spec.training.epochs,
         "train_time_s": round(elapsed(), 3),
         "device": str(device),
+        "devices": len(mask_sha256),
+        "mask_sha256": mask_sha256,
     }
     paths = art.write_artifacts(
         out_dir,

@@ -4,6 +4,11 @@ A checkpoint is one ``torch.save`` dict (``runtime.checkpoints``): the state dic
 optimizer, scheduler, gradient scaler and sparsifier, the RNG states, and ``TrainState``: the
 data position and the metrics so far. Restoring sets the RNG states last, so a resumed run
 draws exactly the random numbers an uninterrupted one would.
+
+A run on several devices (``runtime.training.distributed``) is saved by rank 0, with what
+differs between ranks gathered from every rank (``rank_state``: RNG states and the epoch's
+running sums, under ``ranks`` in rank order) and the number of ranks (``world_size``); every
+rank restores its own part, and a checkpoint of another number of ranks is refused.
 """
 
 from __future__ import annotations
@@ -110,17 +115,36 @@ class TrainModules:
         self.sparsifier.load_state_dict(saved["sparsifier"])
 
 
+def rank_state(state: TrainState) -> dict[str, Any]:
+    """What a checkpoint holds of each rank: its RNG states and its epoch sums."""
+    return {"rng": rng_state(), "epoch_sums": state.epoch_sums.detach().cpu()}
+
+
 def save_run(
-    path: Path, spec: JobSpec, modules: TrainModules, state: TrainState, *, elapsed_s: float
+    path: Path,
+    spec: JobSpec,
+    modules: TrainModules,
+    state: TrainState,
+    *,
+    elapsed_s: float,
+    ranks: list[dict[str, Any]] | None = None,
 ) -> None:
-    """Write the run's checkpoint to ``path`` (atomically)."""
+    """Write the run's checkpoint to ``path`` (atomically).
+
+    Args:
+        ranks: on several devices, every rank's ``rank_state`` in rank order (this process
+            is rank 0); None on one device.
+    """
+    several = ranks is not None and len(ranks) > 1
     save_checkpoint(
         path,
         {
             "fingerprint": spec_fingerprint(spec),
             **modules.state_dicts(),
-            "rng": rng_state(),
+            "rng": ranks[0]["rng"] if ranks else rng_state(),
             **state.to_checkpoint(elapsed_s=elapsed_s),
+            "world_size": len(ranks) if ranks else 1,
+            **({"ranks": ranks} if several else {}),
         },
     )
 
@@ -131,11 +155,16 @@ def restore_run(
     spec: JobSpec,
     modules: TrainModules,
     device: torch.device,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> TrainState:
-    """Load a checkpoint into ``modules`` and the RNGs; returns the state it holds.
+    """Load a checkpoint into ``modules`` and the RNGs; returns the state it holds (with
+    rank ``rank``'s own epoch sums and RNG states on several devices).
 
     Raises:
-        FieldError: at ``checkpoint`` if it was written for another specification.
+        FieldError: at ``checkpoint`` if it was written for another specification, at
+            ``resources.devices`` if it was written by a run on another number of devices.
     """
     if saved.get("fingerprint") != spec_fingerprint(spec):
         raise FieldError(
@@ -143,7 +172,17 @@ def restore_run(
             f"{path} was written for a different job specification; remove it or use "
             "another output folder",
         )
+    written = int(saved.get("world_size", 1))
+    if written != world_size:
+        raise FieldError(
+            ("resources", "devices"),
+            f"{path} was written by a run on {written} device(s), this run has {world_size}; "
+            f"resume it with devices: {written}, or remove it to start again",
+        )
     modules.load_state_dicts(saved)
     state = TrainState.from_checkpoint(saved, device)
-    set_rng_state(saved["rng"])
+    own = saved["ranks"][rank] if world_size > 1 else {"rng": saved["rng"]}
+    if "epoch_sums" in own:
+        state.epoch_sums = own["epoch_sums"].to(device)
+    set_rng_state(own["rng"])
     return state
