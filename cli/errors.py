@@ -60,6 +60,8 @@ def _api_error(exc: SpartanAPIError) -> str:
         "block_shape" in loc or "nm" in loc for loc, _ in problems
     ):
         hint = "leave the layers named out with --exclude NAME (or choose a shape that tiles)"
+    if exc.status_code == 404 and any(loc == "path.sweep_id" for loc, _ in problems):
+        hint = "check the id: `spartan sweeps` lists your sweeps"
     if exc.retry_after:
         hint = f"try again in {exc.retry_after} s" + (f" ({hint})" if hint else "")
     text = "; ".join(f"{loc}: {msg}" if loc else msg for loc, msg in problems) or "no detail"

@@ -1,11 +1,11 @@
 """The ``spartan`` command: one entry point for the service, the worker and local runs.
 
 The top layer: it wires the service commands (``cli.service``: serve, demo, submit, status,
-cancel, download, upload, plan, jobs, apikey, db), the worker (``cli.worker``) and local runs
-(``cli.local``: train, export). Each sub-command parses its arguments and calls a plain
-function elsewhere. ``main`` is the installed ``spartan``: errors a person can fix (the
-service unreachable, an error answer, a bad setting) end in one line naming the fix
-(``cli.errors``), not a traceback.
+cancel, download, upload, plan, jobs, apikey, db), sweeps (``cli.sweeps``: sweep,
+sweep-status, sweep-cancel, sweeps), the worker (``cli.worker``) and local runs (``cli.local``:
+train, export). Each sub-command parses its arguments and calls a plain function elsewhere.
+``main`` is the installed ``spartan``: errors a person can fix (the service unreachable, an
+error answer, a bad setting) end in one line naming the fix (``cli.errors``), not a traceback.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from cli import errors, local, service, worker
+from cli import errors, local, service, sweeps, worker
 
 app = typer.Typer(
     help="Train neural networks to a sparsity or hardware-cost budget.", no_args_is_help=True
@@ -49,6 +49,7 @@ def version() -> None:
 
 
 service.register(app)
+sweeps.register(app)
 local.register(app)
 worker.register(app)
 

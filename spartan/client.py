@@ -5,6 +5,8 @@
     for event in client.events(job["id"]):
         print(event.event, event.data)
     client.download(job["id"], "model.safetensors", Path("model.safetensors"))
+    sweep = client.submit_sweep(spec_without_target, cost_fraction=[0.5, 0.3, 0.1])
+    print(client.wait_sweep(sweep["id"])["frontier"])
 
 Errors from the service raise ``SpartanAPIError`` carrying the status code and the
 ``detail`` list (``[{"loc": [...], "msg": ...}]``).
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ import httpx
 from spartan.settings import Settings
 
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
+SWEEP_FINISHED = frozenset({"succeeded", "partial", "failed", "cancelled"})
 
 
 class SpartanAPIError(Exception):
@@ -220,6 +223,59 @@ class SpartanClient:
                     f.write(chunk)
         tmp.replace(dest)
         return dest
+
+    # sweeps -----------------------------------------------------------------------------------
+    def submit_sweep(
+        self,
+        spec: dict[str, Any],
+        *,
+        sparsity: list[float] | None = None,
+        cost_fraction: list[float] | None = None,
+        idempotency_key: str | None = None,
+    ) -> dict[str, Any]:
+        """Submit a sweep: ``spec`` (a job spec without a target) at each target of one list;
+        returns ``{"id", "status", "jobs": [{"id", "target", "status"}, ...]}``."""
+        targets = {
+            k: v for k, v in {"sparsity": sparsity, "cost_fraction": cost_fraction}.items() if v
+        }
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        body = {"spec": spec, "targets": targets}
+        return self._json("POST", "/v1/sweeps", json=body, headers=headers)
+
+    def sweep(self, sweep_id: str) -> dict[str, Any]:
+        """A sweep: status, child jobs, points and the Pareto ``frontier``."""
+        return self._json("GET", f"/v1/sweeps/{sweep_id}")
+
+    def sweeps(self, *, limit: int = 50, offset: int = 0) -> dict[str, Any]:
+        return self._json("GET", "/v1/sweeps", params={"limit": limit, "offset": offset})
+
+    def cancel_sweep(self, sweep_id: str) -> dict[str, Any]:
+        """Cancel every unfinished child of a sweep; returns the sweep."""
+        return self._json("POST", f"/v1/sweeps/{sweep_id}/cancel")
+
+    def sweep_plot(self, sweep_id: str, *, x: str = "cost_fraction") -> bytes:
+        """The frontier plot (PNG) against ``cost_fraction`` or ``latency_ms``."""
+        return self._request("GET", f"/v1/sweeps/{sweep_id}/frontier.png", params={"x": x}).content
+
+    def wait_sweep(
+        self,
+        sweep_id: str,
+        *,
+        poll_s: float = 2.0,
+        on_update: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
+        """Poll the sweep until every child has finished; returns it then.
+
+        Args:
+            on_update: called with every answer read (e.g. to draw progress).
+        """
+        while True:
+            sweep = self.sweep(sweep_id)
+            if on_update is not None:
+                on_update(sweep)
+            if sweep["status"] in SWEEP_FINISHED:
+                return sweep
+            time.sleep(poll_s)
 
     # uploads and plans ------------------------------------------------------------------------
     def upload(self, path: Path) -> dict[str, Any]:
