@@ -4,7 +4,8 @@
 the same training loop as the worker, a progress bar, checkpoints in ``DIR/checkpoint.pt``
 (running the same command again resumes; Ctrl-C checkpoints and stops), artifacts in ``DIR``.
 For local runs, paths in the spec may also lie under the current folder or the spec's folder,
-besides the configured data roots.
+besides the configured data roots. ``--devices N`` runs it on N devices of this machine
+(``resources.devices``: N GPUs, or N processes on CPU; ``runtime.training.distributed``).
 
 ``spartan export ARTIFACT_DIR --out DIR`` deploys a job's artifact folder on this machine
 (``runtime.export``): ``model.sparse.safetensors``, ``deploy.json`` and ``model.onnx``.
@@ -24,6 +25,7 @@ import typer
 from rich.console import Console
 
 from spartan.settings import get_settings
+from spartan.spec import MAX_DEVICES
 
 console = Console(stderr=True)
 
@@ -38,12 +40,21 @@ def _local_run() -> ModuleType:
 def train(
     spec_file: Annotated[Path, typer.Argument(help="job specification (YAML)", exists=True)],
     out: Annotated[Path, typer.Option("--out", help="folder for artifacts and the checkpoint")],
+    devices: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=MAX_DEVICES,
+            help="train on this many devices of this machine (GPUs, or processes on CPU); "
+            "overrides resources.devices",
+        ),
+    ] = None,
 ) -> None:
     """Train one job specification locally and write its artifacts into --out."""
     settings = get_settings()
     roots = [*settings.data_roots, Path.cwd(), spec_file.resolve().parent]
     settings = settings.model_copy(update={"data_roots": roots, "progress_interval_s": 0.5})
-    _local_run().train_locally(spec_file, out, settings, console)
+    _local_run().train_locally(spec_file, out, settings, console, devices=devices)
 
 
 def export(

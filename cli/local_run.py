@@ -13,6 +13,7 @@ from types import FrameType
 from typing import Any
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -27,14 +28,26 @@ from spartan.settings import Settings
 from spartan.spec import JobSpec, load_spec_file
 
 
-def train_locally(spec_file: Path, out: Path, settings: Settings, console: Console) -> None:
+def train_locally(
+    spec_file: Path,
+    out: Path,
+    settings: Settings,
+    console: Console,
+    *,
+    devices: int | None = None,
+) -> None:
     """Validate, train with a progress bar (Ctrl-C checkpoints), print the outcome.
+
+    Args:
+        devices: overrides the spec's ``resources.devices``.
 
     Raises:
         typer.Exit: 2 for an invalid spec, 130 when interrupted.
     """
     try:
         spec = load_spec_file(spec_file)
+        if devices is not None:
+            spec = with_devices(spec, devices)
         validate_spec(spec, settings)
     except ValueError as exc:
         console.print(f"[red]invalid job specification[/red]\n{exc}")
@@ -62,7 +75,29 @@ def train_locally(spec_file: Path, out: Path, settings: Settings, console: Conso
         f"at sparsity {final.get('sparsity', 0):.2%} (kept cost fraction "
         f"{final.get('cost_fraction', 0):.4f}) in {metrics.get('train_time_s', 0):.0f} s"
     )
+    hashes = metrics.get("mask_sha256") or []
+    if len(hashes) > 1:
+        console.print(
+            f"trained on {len(hashes)} devices; the masks were identical on every rank "
+            f"(sha256 {hashes[0][:16]}..)"
+        )
     console.print(f"artifacts in {out}")
+
+
+def with_devices(spec: JobSpec, devices: int) -> JobSpec:
+    """``spec`` with ``resources.devices`` set to ``devices`` (validated again).
+
+    Raises:
+        ValueError: one ``field.path: reason`` line per problem.
+    """
+    body = spec.model_dump(mode="json")
+    body["resources"]["devices"] = devices
+    try:
+        return JobSpec.model_validate(body)
+    except ValidationError as exc:
+        raise ValueError(
+            "\n".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        ) from None
 
 
 def _train_with_progress(

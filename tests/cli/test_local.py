@@ -35,3 +35,31 @@ def test_train_rejects_an_invalid_spec(tmp_path: Path, settings: Settings) -> No
     result = CliRunner().invoke(app, ["train", str(spec), "--out", str(tmp_path / "run")])
     assert result.exit_code == 2
     assert "model.name: unknown timm architecture 'resnet1000'" in result.output
+
+
+def test_train_on_two_devices(tmp_path: Path, settings: Settings) -> None:
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(yaml.safe_dump(TINY))  # resources.devices: 1, overridden below
+    out = tmp_path / "run"
+    args = ["train", str(spec), "--out", str(out), "--devices", "2"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "trained on 2 devices; the masks were identical on every rank" in result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["devices"] == 2
+    hashes = metrics["mask_sha256"]
+    assert len(hashes) == 2 and hashes[0] == hashes[1]
+    assert json.loads((out / "spec.json").read_text())["resources"]["devices"] == 2
+
+
+def test_train_rejects_devices_the_batch_does_not_split_across(
+    tmp_path: Path, settings: Settings
+) -> None:
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(yaml.safe_dump(TINY))  # batch 128
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["train", str(spec), "--out", str(out), "--devices", "3"])
+    assert result.exit_code == 2
+    assert "training.batch_size: 128 is the global batch" in result.output
+    result = CliRunner().invoke(app, ["train", str(spec), "--out", str(out), "--devices", "65"])
+    assert result.exit_code == 2  # typer's bound
