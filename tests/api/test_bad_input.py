@@ -84,6 +84,10 @@ def _has_loc(r, *parts: Any) -> bool:
         ),
         # checkpoint upload ids that do not exist
         ({"model": {"name": "resnet18", "checkpoint": "upl_nope"}}, 404, ("model", "checkpoint")),
+        # devices: out of bounds, or a global batch that does not split across them
+        ({"resources": {"devices": 0}}, 422, ("resources", "devices")),
+        ({"resources": {"devices": 65}}, 422, ("resources", "devices")),
+        ({"resources": {"devices": 3}}, 400, ("training", "batch_size")),
     ],
 )
 def test_bad_job_bodies(

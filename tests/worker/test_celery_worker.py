@@ -25,6 +25,7 @@ from safetensors.torch import load_file
 
 from runtime.models import create_model
 from runtime.training import run_training
+from runtime.training.stats import masks_sha256
 from spartan.queue import CeleryBroker
 from spartan.settings import Settings, get_settings
 from spartan.spec import JobSpec
@@ -284,7 +285,7 @@ def _same_result_as_an_undisturbed_run(env: Env, job: Job, spec: JobSpec, ref_di
         assert a.keys() == b.keys()
         assert all(torch.equal(a[k], b[k]) for k in a), name
     assert ref.metrics is not None and job.metrics is not None
-    for key in ("dense", "final", "history"):
+    for key in ("dense", "final", "history", "mask_sha256"):
         assert job.metrics[key] == ref.metrics[key], key
 
 
@@ -315,6 +316,50 @@ def test_sigkill_of_the_pool_process_resumes_within_a_minute(tmp_path: Path) -> 
         job = env.wait_status(job_id, "succeeded")
         assert job.attempts == 2
         assert b"resumed at epoch" in env.log("w1") + env.log("w2")
+        _same_result_as_an_undisturbed_run(env, job, spec, tmp_path / "ref")
+    finally:
+        env.close()
+
+
+def test_a_job_on_two_devices_runs_as_two_ranks_in_one_task(redis_env: Env) -> None:
+    env = redis_env
+    env.start_worker("two-ranks")
+    job = env.wait_status(env.submit(tiny_spec(resources={"devices": 2})), "succeeded")
+    assert job.attempts == 1
+    _check_artifacts(env, job)
+    assert job.metrics is not None and job.metrics["devices"] == 2
+    hashes = job.metrics["mask_sha256"]
+    assert len(hashes) == 2 and hashes[0] == hashes[1]
+    masks = load_file(Path(env.settings().artifact_dir) / job.id / "masks.safetensors")
+    assert hashes[0] == masks_sha256(masks)
+
+
+def _children(pid: int) -> list[int]:
+    tasks = Path(f"/proc/{pid}/task")
+    return [int(c) for t in tasks.iterdir() for c in (t / "children").read_text().split()]
+
+
+def test_sigkill_of_rank_0_on_two_devices_leaves_no_rank_and_resumes(tmp_path: Path) -> None:
+    """The pool process running rank 0 is SIGKILLed: rank 1 dies with it, and the job is
+    redelivered and resumed to the result of an uninterrupted 2-rank run."""
+    env = Env(tmp_path / "home", REDIS_URL, SPARTAN_RECONCILE_INTERVAL_S="1")
+    try:
+        spec = tiny_spec(
+            training={"epochs": 3, "checkpoint_every_steps": 2}, resources={"devices": 2}
+        )
+        env.start_worker("w1")
+        job_id = env.submit(spec)
+        checkpoint = Path(env.settings().checkpoint_dir) / job_id / "checkpoint.pt"
+        running = env.wait_step(job_id, 4)
+        _wait("a checkpoint", checkpoint.exists)
+        ranks = _children(_pid(running))
+        assert len(ranks) == 1  # rank 1; rank 0 is the pool process itself
+        os.kill(_pid(running), signal.SIGKILL)
+        _wait("rank 1 to die with rank 0", lambda: _gone(ranks[0]), timeout=15)
+        job = env.wait_status(job_id, "succeeded")
+        assert job.attempts == 2
+        assert b"resumed at epoch" in env.log("w1")
+        assert job.metrics is not None and len(set(job.metrics["mask_sha256"])) == 1
         _same_result_as_an_undisturbed_run(env, job, spec, tmp_path / "ref")
     finally:
         env.close()
