@@ -26,8 +26,16 @@ Stop requests are polled after every step (the hook decides how often it really 
 ``cancel`` ends the run at once, ``preempt`` writes a checkpoint first. The job's time limit
 (``resources.time_limit_s``, run time summed over attempts) also writes a checkpoint, then
 raises ``JobTimeLimitExceeded``.
+
+With ``resources.devices`` N > 1 the run is N torch.distributed ranks on this machine, each
+running this loop on its slice of every batch (``distributed``: rank 0 in the calling process,
+the others started by it; ``rank``: their entry point). Rank 0 alone reports, evaluates,
+checkpoints and finishes; stop requests and the time limit are broadcast from it; the masks
+are checked identical on every rank at each epoch end (``metrics.json``: ``mask_sha256``).
+A failed rank fails the run with ``RankFailed``, differing masks with ``MasksDiffer``.
 """
 
+from runtime.training.distributed import MasksDiffer, RankFailed
 from runtime.training.loop import (
     JobTimeLimitExceeded,
     TrainHooks,
@@ -39,6 +47,8 @@ from runtime.training.state import spec_fingerprint
 
 __all__ = [
     "JobTimeLimitExceeded",
+    "MasksDiffer",
+    "RankFailed",
     "TrainHooks",
     "TrainResult",
     "lr_factor",

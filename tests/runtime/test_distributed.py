@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -26,7 +27,7 @@ from safetensors.torch import load_file
 
 from runtime.datasets import epoch_permutation, train_loader
 from runtime.training import TrainHooks, TrainResult, run_training
-from runtime.training.distributed import RankFailed
+from runtime.training.distributed import MasksDiffer, RankFailed, Ranks
 from runtime.training.stats import masks_sha256
 from runtime.validation import validate_spec
 from spartan.errors import FieldError
@@ -239,6 +240,38 @@ def test_a_rank_that_raises_fails_the_job_with_its_reason(tmp_path: Path) -> Non
     assert time.monotonic() - started < 120  # no hang
     assert not _rank_children(os.getpid())  # no rank left behind
     assert not torch.distributed.is_initialized()  # the process group is torn down
+
+
+def _check_masks_as(rank: int, port: int, out: str) -> None:
+    """One of two gloo ranks (a spawned process): rank 1's mask differs in one entry."""
+    store = torch.distributed.TCPStore("127.0.0.1", port, 2, is_master=rank == 0)
+    torch.distributed.init_process_group("gloo", store=store, rank=rank, world_size=2)
+    try:
+        mask = torch.ones(4, 3, dtype=torch.bool)
+        mask[2, 1] = rank == 0
+        ranks = Ranks(rank=rank, world_size=2, device=torch.device("cpu"))
+        same = ranks.check_masks({"layer.weight": torch.ones(2, dtype=torch.bool)}, epoch=1)
+        try:
+            ranks.check_masks({"layer.weight": mask}, epoch=3)
+            message = "no error"
+        except MasksDiffer as exc:
+            message = str(exc)
+        Path(out, f"{rank}.json").write_text(json.dumps({"same": same, "differ": message}))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_masks_that_differ_across_ranks_fail_every_rank_with_both_hashes(tmp_path: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    torch.multiprocessing.spawn(_check_masks_as, args=(port, str(tmp_path)), nprocs=2)
+    seen = [json.loads((tmp_path / f"{r}.json").read_text()) for r in range(2)]
+    assert seen[0] == seen[1]
+    assert len(seen[0]["same"]) == 2 and len(set(seen[0]["same"])) == 1
+    message = seen[0]["differ"]
+    assert message.startswith("masks differ across ranks at epoch 3: rank 0 "), message
+    assert ", rank 1 " in message
 
 
 # the spec ---------------------------------------------------------------------------------
