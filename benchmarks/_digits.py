@@ -368,7 +368,10 @@ def run(spec: RunSpec, data: Digits | None = None) -> dict[str, Any]:
             scheduler.step()
             losses.append(loss.item())
             if sparsifier is not None:
-                sparsifier.step()
+                try:
+                    sparsifier.step()
+                except FloatingPointError:
+                    return _diverged(spec, data, time.perf_counter() - start)
                 step += 1
                 if step == warmup_end:
                     warmup_scale = _kept_scale(sparsifier)
@@ -394,6 +397,25 @@ def run(spec: RunSpec, data: Digits | None = None) -> dict[str, Any]:
     result.update(sparsity_of(model, include))
     if cost_model is not None:
         result["cost_fraction"] = achieved_cost_fraction(model, cost_model, spec.block, include)
+    result["seconds"] = seconds
+    return result
+
+
+def _diverged(spec: RunSpec, data: Digits, seconds: float) -> dict[str, Any]:
+    """The record of a run whose weights stopped being finite: a constant predictor's accuracy."""
+    result = asdict(spec)
+    result.pop("budget")
+    result.pop("save_to")
+    result["init_from"] = "dense" if spec.init_from else ""
+    result["epochs"] = spec.budget.epochs
+    result["accuracy"] = data.y_val.bincount().max().item() / len(data.y_val)
+    result["diverged"] = True
+    result["kept_scale"] = result["warmup_kept_scale"] = float("nan")
+    result["final_train_loss"] = float("nan")
+    result["masked_sparsity"] = result["model_sparsity"] = None  # no finite model to count
+    result["layer_density"] = {}
+    if spec.cost_table is not None:
+        result["cost_fraction"] = float("nan")
     result["seconds"] = seconds
     return result
 

@@ -50,13 +50,14 @@ log = logging.getLogger("accuracy")
 ROOT = Path(__file__).resolve().parent.parent
 METHODS = ("magnitude", "topkast", "spartan")
 # grid columns: name -> (method, extra SparsifierConfig fields); the last is the published schedule
+HARD_FORWARD = "spartan, hard forward"  # the default before forward="auto"
 COLUMNS: dict[str, tuple[str, dict[str, Any]]] = {
     "magnitude": ("magnitude", {}),
     "topkast": ("topkast", {}),
     "spartan": ("spartan", {}),
-    "spartan, beta_init=1": ("spartan", {"beta_init": 1.0}),
+    HARD_FORWARD: ("spartan", {"forward": "hard"}),
 }
-SPARTANS = ("spartan", "spartan, beta_init=1")
+SPARTANS = ("spartan", HARD_FORWARD)
 SPARSITIES = (0.9, 0.95, 0.98)
 BLOCKS = (1, 4)
 MODELS = ("cnn", "mlp")
@@ -110,7 +111,7 @@ SUITE_COLUMNS: dict[str, tuple[str, dict[str, Any]]] = {
     "topkast": ("topkast", {}),
     "spartan": ("spartan", {}),
     # the hard forward and dense gradient alone, with the previous beta and no floor
-    HARD_ONLY: ("spartan", {"beta_max": 10.0, "layer_floor": 0.0}),
+    HARD_ONLY: ("spartan", {"forward": "hard", "beta_max": 10.0, "layer_floor": 0.0}),
     PREVIOUS: (
         "spartan",
         {"forward": "soft", "weight_grad": "soft", "beta_max": 10.0, "layer_floor": 0.0},
@@ -169,9 +170,10 @@ What the rows say:
   steadily as beta grows (78.77 at beta 1, 77.77 at 10, 73.80 at 100). With the hard forward
   beta only shapes that gradient.
 
-The library's defaults since issue 12 are `forward="hard"`, `weight_grad="dense"`, beta 3 for
-unstructured and N:M layers (held constant), 10 -> 10 * sqrt(r * c) for blocks, and
-`layer_floor=0.4`. The last two came from the suite (`benchmarks/accuracy.py`, probe runs of
+The library's defaults since issue 12 are `forward="auto"` (hard, except soft on block-sparse
+convolutions: docs/accuracy_digits.md, column *spartan, hard forward*), `weight_grad="dense"`,
+beta 3 for unstructured and N:M layers (held constant), 10 -> 10 * sqrt(r * c) for blocks, and
+`layer_floor=0.4`. Beta and the floor came from the suite (`benchmarks/accuracy.py`, probe runs of
 one or two seeds before the three-seed run above):
 
 - beta: on unstructured layers beta 3 beat beta 10 on the ViT (two seeds, 95%: 70.2 against
@@ -336,9 +338,12 @@ def suite_markdown(
         "annealing of the kept fraction over the first 20% of the steps, mask frozen for the "
         "last 20%, global distribution, every layer keeping at least 40% of the kept fraction "
         "(`layer_floor=0.4`; N:M has no floor)). *spartan* is the library default since "
-        'issue 12 (`forward="hard"`, `weight_grad="dense"`, beta 3 held for unstructured and '
+        'issue 12 (`forward="auto"`: hard, except soft on the block-sparse convolutions; '
+        '`weight_grad="dense"`, beta 3 held for unstructured and '
         "2:4, 10 -> 40 for 4x4 blocks, `layer_floor=0.4`); *" + HARD_ONLY + "* is the hard "
-        "forward and dense gradient alone (beta 10, no floor); *" + PREVIOUS + "* is the "
+        'forward and dense gradient alone (`forward="hard"`, beta 10, no floor); *'
+        + PREVIOUS
+        + "* is the "
         'default before issue 12, the published forward and gradient (`forward="soft"`, '
         '`weight_grad="soft"`, beta 10, no floor). magnitude and topkast run with the same '
         "floor. The best mean of each row is in bold.",
@@ -592,7 +597,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     matched = []
     for layer in EXPENSIVE_LAYERS:
         label = f"{layer} | params budget"
-        cost = statistics.fmean(r["cost_fraction"] for r in results if r["label"] == label)
+        cost = statistics.fmean(
+            r["cost_fraction"] for r in results if r["label"] == label and not r.get("diverged")
+        )
         matched += matched_cost_specs(seeds, budget, layer, cost)
     results += run_all(_with_floor(matched), args.workers)
     elapsed = time.perf_counter() - start
@@ -881,15 +888,17 @@ def grid_markdown(
         f"decay {budget.weight_decay}. The sparse methods use the library defaults: cost "
         "fraction annealed (cosine) over the first 20% of the steps, mask frozen for the last "
         f"20%, {_floor_text()}; spartan holds beta at 3 (annealed 10 -> 40 for 4x4 "
-        'blocks) with the hard forward and dense gradient (`forward="hard"`, '
-        '`weight_grad="dense"`, the defaults since issue 12) and mean-scaled unit values '
-        '(`value_scale="mean"`). The column *spartan, beta_init=1* starts beta at 1 as '
-        "published and anneals it to the same final beta (the library default before "
-        "docs/accuracy_ablation.md). The best mean of each row is in bold.",
+        'blocks), with the dense gradient (`weight_grad="dense"`, the default since issue '
+        "12), the soft forward on the block-sparse convolutions and the hard one elsewhere "
+        '(`forward="auto"`), and mean-scaled unit values (`value_scale="mean"`). The column *'
+        + HARD_FORWARD
+        + "* is the same with the hard "
+        'forward on every layer (`forward="hard"`, the default before `forward="auto"` made '
+        "the forward of block-sparse convolutions soft). The best mean of each row is in bold.",
         "",
         "| model | structure | sparsity | dense | "
         + " | ".join(COLUMNS)
-        + " | spartan vs best baseline | spartan, beta_init=1 vs best baseline |",
+        + f" | spartan vs best baseline | {HARD_FORWARD} vs best baseline |",
         "|---|---|---|---|" + "---|" * (len(COLUMNS) + 2),
     ]
     tally: dict[str, list[str]] = defaultdict(list)
@@ -962,6 +971,7 @@ def _collapses(results: list[dict[str, Any]]) -> str:
                 found.append(
                     f"{column} {model} {block}x{block} {100 * sparsity:.0f}% seed {r['seed']}: "
                     f"{100 * r['accuracy']:.2f}% (median {100 * median:.2f}%)"
+                    + (", diverged (weights no longer finite)" if r.get("diverged") else "")
                 )
     return "; ".join(sorted(found)) or "none"
 
@@ -970,7 +980,10 @@ def _whole(results: list[dict[str, Any]], model: str, sparsity: float) -> float:
     values = [
         r["model_sparsity"]
         for r in results
-        if r["model"] == model and r["sparsity"] == sparsity and not r["label"]
+        if r["model"] == model
+        and r["sparsity"] == sparsity
+        and not r["label"]
+        and not r.get("diverged")
     ]
     return statistics.fmean(values)
 
@@ -979,7 +992,7 @@ def _exactness(results: list[dict[str, Any]]) -> str:
     deviations = [
         abs(r["masked_sparsity"] - r["sparsity"])
         for r in results
-        if r["method"] != "dense" and r["cost_target"] is None
+        if r["method"] != "dense" and r["cost_target"] is None and not r.get("diverged")
     ]
     return f"largest deviation from the requested sparsity {100 * max(deviations):.3f} points"
 
@@ -1027,7 +1040,7 @@ def short_markdown(results: list[dict[str, Any]]) -> list[str]:
     lines += [
         "",
         "Mean soft-mask value on the kept weights at the end of the warm-up (spartan / "
-        "spartan, beta_init=1): " + "; ".join(scales) + ".",
+        f"{HARD_FORWARD}): " + "; ".join(scales) + ".",
         "",
     ]
     return lines
@@ -1066,10 +1079,11 @@ def cost_markdown(results: list[dict[str, Any]]) -> list[str]:
             group = rows.get(f"{layer} | {kind}", [])
             if not group:
                 continue
-            cost_mean, cost_std = _stats([r["cost_fraction"] for r in group])
-            kept = statistics.fmean(1 - r["model_sparsity"] for r in group)
+            finite = [r for r in group if not r.get("diverged")] or group
+            cost_mean, cost_std = _stats([r["cost_fraction"] for r in finite])
+            kept = statistics.fmean(1 - (r["model_sparsity"] or 0.0) for r in finite)
             dens = {
-                name: statistics.fmean(r["layer_density"][name] for r in group)
+                name: statistics.fmean(r["layer_density"].get(name, 0.0) for r in finite)
                 for name in ("conv2", "conv3")
             }
             lines.append(
@@ -1168,7 +1182,7 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
         "magnitude": ("s", "tab:blue"),
         "topkast": ("^", "tab:orange"),
         "spartan": ("o", "tab:green"),
-        "spartan, beta_init=1": ("D", "tab:red"),
+        HARD_FORWARD: ("D", "tab:red"),
     }
     medians = [statistics.median(v) for k, v in cells.items() if k[3] != "dense" and len(k) == 4]
     low = 100 * min(medians) - 1.5

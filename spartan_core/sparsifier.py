@@ -216,12 +216,27 @@ class Sparsifier:
 
         Raises:
             RuntimeError: after ``finalize()``.
+            FloatingPointError: naming the layers, when a masked weight is no longer finite
+                (training diverged).
         """
         self._check_live()
         self._step += 1
         if self._frozen:
             return
-        self._update(self._step)
+        try:
+            self._update(self._step)
+        except ValueError:
+            bad = [
+                layer.name
+                for index, layer in enumerate(self.layers)
+                if not torch.isfinite(self._original(index)).all()
+            ]
+            if not bad:
+                raise
+            raise FloatingPointError(
+                f"step {self._step}: the weights of {', '.join(bad)} are no longer finite "
+                "(training diverged)"
+            ) from None
         if self._step >= self.freeze_step:
             self._freeze()
 

@@ -325,7 +325,10 @@ class _Run:
         modules.scaler.step(modules.optimizer)
         modules.scaler.update()
         modules.scheduler.step()
-        modules.sparsifier.step()
+        try:
+            modules.sparsifier.step()
+        except FloatingPointError as exc:
+            raise FloatingPointError(f"training.lr: {exc}; try a lower learning rate") from exc
         meter.update(loss, logits, labels)
         batch = labels.shape[0]
         correct = (logits.detach().argmax(dim=1) == labels).sum()

@@ -83,8 +83,8 @@ def _linear(inp: int, out: int, bias: bool = True) -> nn.Linear:
 
 
 @needs_native
-@pytest.mark.parametrize("block", [(8, 8), (16, 16), (16, 4), (32, 32), (24, 8)])
-@pytest.mark.parametrize("tokens", [1, 5, 13, 197])
+@pytest.mark.parametrize("block", [(8, 8), (16, 16), (16, 4), (32, 32), (32, 8), (24, 8)])
+@pytest.mark.parametrize("tokens", [1, 5, 13, 17, 197])
 def test_native_bsr_linear_equals_dense(block: tuple[int, int], tokens: int) -> None:
     torch.manual_seed(2)
     layer = _linear(96, 192, bias=block != (16, 4))

@@ -338,3 +338,14 @@ def test_layer_floor_leaves_per_layer_distributions_alone() -> None:
 def test_layer_floor_must_be_a_fraction(floor: object) -> None:
     with pytest.raises(ValueError, match="layer_floor"):
         SparsifierConfig(target=0.1, layer_floor=floor)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_diverged_weights_are_named_in_a_floating_point_error(method: str) -> None:
+    """A NaN weight (training diverged) is reported as such, naming the layer."""
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4))
+    sparsifier = Sparsifier(model, SparsifierConfig(method=method, target=0.5), total_steps=10)
+    with torch.no_grad():
+        model[2].parametrizations.weight.original[1, 3] = float("nan")
+    with pytest.raises(FloatingPointError, match=r"step 1: the weights of 2\.weight are no"):
+        sparsifier.step()
