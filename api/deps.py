@@ -12,7 +12,7 @@ from functools import lru_cache
 from types import ModuleType
 from typing import Annotated
 
-from fastapi import Depends, Path, Request
+from fastapi import Depends, Header, Path, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPBearer
 from starlette.requests import HTTPConnection
@@ -93,3 +93,14 @@ async def _owned_job(job_id: JobIdPath, store: StoreDep, owner: OwnerDep) -> Job
 
 
 OwnedJobDep = Annotated[Job, Depends(_owned_job)]
+
+
+IdempotencyKeyHeader = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=200,
+        description="a retried submit with the same key returns what the first one created",
+    ),
+]

@@ -13,6 +13,7 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 from api import events, quotas, services
 from api.deps import (
     BrokerDep,
+    IdempotencyKeyHeader,
     JobIdPath,
     OwnedJobDep,
     OwnerDep,
@@ -54,15 +55,7 @@ def create_job(
     broker: BrokerDep,
     owner: OwnerDep,
     runtime: RuntimeDep,
-    idempotency_key: Annotated[
-        str | None,
-        Header(
-            alias="Idempotency-Key",
-            min_length=1,
-            max_length=200,
-            description="a retried submit with the same key returns the first job",
-        ),
-    ] = None,
+    idempotency_key: IdempotencyKeyHeader = None,
 ) -> JobCreated:
     """Submit a training job. It is stored as ``queued``, then handed to a worker.
 

@@ -5,11 +5,18 @@ from __future__ import annotations
 from functools import partial
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
 from api import quotas, sweeps
-from api.deps import BrokerDep, OwnerDep, RuntimeDep, SettingsDep, StoreDep
+from api.deps import (
+    BrokerDep,
+    IdempotencyKeyHeader,
+    OwnerDep,
+    RuntimeDep,
+    SettingsDep,
+    StoreDep,
+)
 from api.schemas import ErrorPublic, SweepCreate, SweepCreated, SweepPublic, SweepsPublic
 from spartan.store import Sweep
 
@@ -50,15 +57,7 @@ def create_sweep(
     broker: BrokerDep,
     owner: OwnerDep,
     runtime: RuntimeDep,
-    idempotency_key: Annotated[
-        str | None,
-        Header(
-            alias="Idempotency-Key",
-            min_length=1,
-            max_length=200,
-            description="a retried submit with the same key returns the first sweep",
-        ),
-    ] = None,
+    idempotency_key: IdempotencyKeyHeader = None,
 ) -> SweepCreated:
     """Submit a sweep: one ordinary child job per target, each the spec with that target put
     into ``sparsity.sparsity`` or ``sparsity.cost_fraction``.

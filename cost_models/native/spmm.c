@@ -179,10 +179,14 @@ int sp_bsr_rows(const float *x, int64_t ntok, int64_t ldx, const float *vals,
                 const int64_t *row_ptr, const int32_t *cols, int64_t nrows, int r, int c,
                 const float *bias, float *y, int64_t ldy, int nt) {
     if (r % 8 || r < 8 || r > 32) return -1;
-    /* token chunks keep every thread busy when there are few block rows */
-    int64_t chunk = ntok > 96 ? 96 : ntok;
-    if (chunk < 1) return 0;
-    int64_t nchunks = (ntok + chunk - 1) / chunk;
+    /* token chunks of at most about 96 (a chunk of x stays in cache), of equal size in whole
+     * 12-token tiles, so that no chunk is a short remainder that streams the weights for
+     * a few tokens */
+    if (ntok < 1) return 0;
+    int64_t nchunks = (ntok + 95) / 96;
+    int64_t chunk = (ntok + nchunks - 1) / nchunks;
+    chunk = (chunk + 11) / 12 * 12;
+    nchunks = (ntok + chunk - 1) / chunk;
     int64_t work = nrows * nchunks;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nt) if (nt > 1)
     for (int64_t i = 0; i < work; i++) {
