@@ -50,14 +50,14 @@ log = logging.getLogger("accuracy")
 ROOT = Path(__file__).resolve().parent.parent
 METHODS = ("magnitude", "topkast", "spartan")
 # grid columns: name -> (method, extra SparsifierConfig fields); the last is the published schedule
-HARD_FORWARD = "spartan, hard forward"  # the default before forward="auto"
+SOFT_FORWARD = "spartan, soft forward"  # the defaults with the published forward (w * m) * h
 COLUMNS: dict[str, tuple[str, dict[str, Any]]] = {
     "magnitude": ("magnitude", {}),
     "topkast": ("topkast", {}),
     "spartan": ("spartan", {}),
-    HARD_FORWARD: ("spartan", {"forward": "hard"}),
+    SOFT_FORWARD: ("spartan", {"forward": "soft"}),
 }
-SPARTANS = ("spartan", HARD_FORWARD)
+SPARTANS = ("spartan", SOFT_FORWARD)
 SPARSITIES = (0.9, 0.95, 0.98)
 BLOCKS = (1, 4)
 MODELS = ("cnn", "mlp")
@@ -170,10 +170,9 @@ What the rows say:
   steadily as beta grows (78.77 at beta 1, 77.77 at 10, 73.80 at 100). With the hard forward
   beta only shapes that gradient.
 
-The library's defaults since issue 12 are `forward="auto"` (hard, except soft on block-sparse
-convolutions: docs/accuracy_digits.md, column *spartan, hard forward*), `weight_grad="dense"`,
-beta 3 for unstructured and N:M layers (held constant), 10 -> 10 * sqrt(r * c) for blocks, and
-`layer_floor=0.4`. Beta and the floor came from the suite (`benchmarks/accuracy.py`, probe runs of
+The library's defaults since issue 12 are `forward="hard"`, `weight_grad="dense"`, beta 3 for
+unstructured and N:M layers (held constant), 10 -> 10 * sqrt(r * c) for blocks, and
+`layer_floor=0.4`. The last two came from the suite (`benchmarks/accuracy.py`, probe runs of
 one or two seeds before the three-seed run above):
 
 - beta: on unstructured layers beta 3 beat beta 10 on the ViT (two seeds, 95%: 70.2 against
@@ -338,8 +337,7 @@ def suite_markdown(
         "annealing of the kept fraction over the first 20% of the steps, mask frozen for the "
         "last 20%, global distribution, every layer keeping at least 40% of the kept fraction "
         "(`layer_floor=0.4`; N:M has no floor)). *spartan* is the library default since "
-        'issue 12 (`forward="auto"`: hard, except soft on the block-sparse convolutions; '
-        '`weight_grad="dense"`, beta 3 held for unstructured and '
+        'issue 12 (`forward="hard"`, `weight_grad="dense"`, beta 3 held for unstructured and '
         "2:4, 10 -> 40 for 4x4 blocks, `layer_floor=0.4`); *" + HARD_ONLY + "* is the hard "
         'forward and dense gradient alone (`forward="hard"`, beta 10, no floor); *'
         + PREVIOUS
@@ -888,17 +886,16 @@ def grid_markdown(
         f"decay {budget.weight_decay}. The sparse methods use the library defaults: cost "
         "fraction annealed (cosine) over the first 20% of the steps, mask frozen for the last "
         f"20%, {_floor_text()}; spartan holds beta at 3 (annealed 10 -> 40 for 4x4 "
-        'blocks), with the dense gradient (`weight_grad="dense"`, the default since issue '
-        "12), the soft forward on the block-sparse convolutions and the hard one elsewhere "
-        '(`forward="auto"`), and mean-scaled unit values (`value_scale="mean"`). The column *'
-        + HARD_FORWARD
-        + "* is the same with the hard "
-        'forward on every layer (`forward="hard"`, the default before `forward="auto"` made '
-        "the forward of block-sparse convolutions soft). The best mean of each row is in bold.",
+        'blocks) with the hard forward and dense gradient (`forward="hard"`, '
+        '`weight_grad="dense"`, the defaults since issue 12) and mean-scaled unit values '
+        '(`value_scale="mean"`). The column *'
+        + SOFT_FORWARD
+        + '* is the same with the published forward (w * m) * h (`forward="soft"`). The best '
+        "mean of each row is in bold.",
         "",
         "| model | structure | sparsity | dense | "
         + " | ".join(COLUMNS)
-        + f" | spartan vs best baseline | {HARD_FORWARD} vs best baseline |",
+        + f" | spartan vs best baseline | {SOFT_FORWARD} vs best baseline |",
         "|---|---|---|---|" + "---|" * (len(COLUMNS) + 2),
     ]
     tally: dict[str, list[str]] = defaultdict(list)
@@ -1040,7 +1037,7 @@ def short_markdown(results: list[dict[str, Any]]) -> list[str]:
     lines += [
         "",
         "Mean soft-mask value on the kept weights at the end of the warm-up (spartan / "
-        f"{HARD_FORWARD}): " + "; ".join(scales) + ".",
+        f"{SOFT_FORWARD}): " + "; ".join(scales) + ".",
         "",
     ]
     return lines
@@ -1182,7 +1179,7 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
         "magnitude": ("s", "tab:blue"),
         "topkast": ("^", "tab:orange"),
         "spartan": ("o", "tab:green"),
-        HARD_FORWARD: ("D", "tab:red"),
+        SOFT_FORWARD: ("D", "tab:red"),
     }
     medians = [statistics.median(v) for k, v in cells.items() if k[3] != "dense" and len(k) == 4]
     low = 100 * min(medians) - 1.5

@@ -21,7 +21,7 @@ from spartan_core.nm import NMShape, validate_nm
 
 ANNEALINGS = ("linear", "cosine")
 VALUE_SCALES = ("mean", "none")
-FORWARDS = ("auto", "hard", "soft")
+FORWARDS = ("hard", "soft")
 WEIGHT_GRADS = ("dense", "soft")
 DEFAULT_BETA_INIT = 10.0
 DEFAULT_BETA_MAX = 10.0  # blocks (times sqrt(r * c))
@@ -106,17 +106,16 @@ class SparsifierConfig:
             ``ParamsCost``, prices one unit per weight. ``cost_models.get(name)`` builds the
             registered ones (flops, memory, latency tables...) by name.
         value_scale: ``mean`` or ``none``, see "Beta scale" above.
-        forward: Spartan's forward weight before the freeze: ``hard``, w * h, ``soft``,
-            (w * m) * h as published, or ``auto`` (the default): soft for convolution kernels
-            under block sparsity, hard for everything else (Linear weights, attention
-            projections, unstructured and N:M convolutions). In a fully connected network the
+        forward: Spartan's forward weight before the freeze: ``hard``, w * h (the default),
+            or ``soft``, (w * m) * h as published. In a network without normalisation the
             soft mask's shrinkage of the kept weights (mean m about 0.5-0.8 on them) changes
-            the function it trains and cost the MLPs and the ViT of docs/accuracy.md 1.5-10
-            points; convolutions with 4x4 blocks gained 0.2-8 points from the soft forward
-            in every cell of the two digits CNNs (docs/accuracy_digits.md: a block entering
-            or leaving the mask moves 16 weights at once, and the soft mask fades it in and
-            out), while unstructured convolutions did as well or better with the hard one.
-            The frozen mask and ``finalize()`` follow: h, or m * h.
+            the function it trains; batch norm hides it (docs/accuracy.md, "Why the defaults
+            depart from the paper"). The frozen mask and ``finalize()`` follow: h, or m * h.
+            A plain CNN (no normalisation) with block sparsity trained better soft
+            (docs/accuracy_digits.md, column *spartan, soft forward*: with the hard forward
+            one seed of three collapsed at 95% and at 98% with 4x4 blocks), the normalised one
+            of the suite worse (docs/accuracy_forward_auto.md: 4x4 blocks at 98%, 88.1% soft
+            against 97.9% hard in docs/accuracy.md).
         weight_grad: the gradient reaching w through the masked product: ``dense``, G (the
             default, as Top-KAST's straight-through: pruned weights keep learning at the full
             rate), or ``soft``, G * m as published (a pruned weight learns at the rate of its
@@ -149,7 +148,7 @@ class SparsifierConfig:
     cost_model: CostModel = field(default_factory=ParamsCost)
     value_scale: str = "mean"
     layer_floor: float | None = None  # None: DEFAULT_LAYER_FLOOR, 0 under nm
-    forward: str = "auto"  # soft on block-sparse convolutions, else hard; "soft": published
+    forward: str = "hard"  # "soft": the published (w * m) * h
     weight_grad: str = "dense"  # "soft": the published G * m
 
     def __post_init__(self) -> None:
@@ -253,11 +252,6 @@ class SparsifierConfig:
         if "target" in kwargs:
             raise ValueError("target: give either sparsity or target, not both")
         return cls(target=1.0 - float(sparsity), **kwargs)
-
-    def soft_forward(self, weight_ndim: int) -> bool:
-        """Whether Spartan's forward scales a weight of ``weight_ndim`` dims by its soft mask."""
-        blocks = self.block_shape != (1, 1)
-        return self.forward == "soft" or (self.forward == "auto" and blocks and weight_ndim > 2)
 
     @property
     def beta_max_effective(self) -> float:

@@ -467,7 +467,7 @@ class Sparsifier:
                 self._scratch,
                 nm=self.config.nm,
             )
-            layer.scaled_forward = self.config.soft_forward(weight.dim())
+            layer.scaled_forward = self.config.forward == "soft"
             layer.dense_grad = self.config.weight_grad == "dense"
             layer.group = DualGroup([layer])  # placeholder until the first update
             parametrize.register_parametrization(module, target.param_name, layer)

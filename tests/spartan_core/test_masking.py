@@ -374,33 +374,3 @@ def test_default_forward_is_hard_and_pruned_weights_get_the_dense_gradient(
         grads[weight_grad] = (w.grad.clone(), w_fwd.grad.clone(), layer.expand(layer.soft))
     (dense, g_out, soft), (published, _, _) = grads["dense"], grads["soft"]
     assert_close(dense - published, g_out * (1.0 - soft))
-
-
-@pytest.mark.parametrize(
-    ("forward", "block_shape", "conv_soft", "linear_soft"),
-    [
-        ("auto", (2, 2), True, False),
-        ("auto", (1, 1), False, False),
-        ("hard", (2, 2), False, False),
-        ("soft", (1, 1), True, True),
-    ],
-)
-def test_forward_choice_per_layer_kind(
-    forward: str, block_shape: BlockShape, conv_soft: bool, linear_soft: bool
-) -> None:
-    """forward="auto" (the default) scales block-sparse convolutions by m, nothing else."""
-    assert SparsifierConfig(target=0.5).forward == "auto"
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(2, 4, 3), nn.Flatten(), nn.Linear(16, 4)).double()
-    config = _config(forward=forward, block_shape=block_shape)
-    sparsifier = Sparsifier(model, config, total_steps=10)
-    sparsifier.step()
-    for layer, module, soft in zip(
-        sparsifier.layers, (model[0], model[2]), (conv_soft, linear_soft), strict=True
-    ):
-        w = module.parametrizations.weight.original
-        mask = layer.expand(layer.hard).to(w.dtype)
-        if soft:
-            mask = mask * layer.expand(layer.soft)
-        assert layer.scaled_forward is soft
-        assert_close(module.weight, w * mask, atol=0, rtol=0)
