@@ -172,6 +172,8 @@ BSR16_ROW(1)
 BSR16_ROW(2)
 #endif
 
+#define X_CHUNK_BYTES (1 << 20)
+
 /* x (B, T, in) rows of ldx floats; y (B, T, out). row_ptr (R + 1,) over block rows of r
  * outputs, cols (n_blocks,) block-column indices, vals (n_blocks, c, r), bias (out,) or NULL.
  * Returns 0, or -1 for an unsupported r. */
@@ -179,18 +181,23 @@ int sp_bsr_rows(const float *x, int64_t ntok, int64_t ldx, const float *vals,
                 const int64_t *row_ptr, const int32_t *cols, int64_t nrows, int r, int c,
                 const float *bias, float *y, int64_t ldy, int nt) {
     if (r % 8 || r < 8 || r > 32) return -1;
-    /* token chunks of at most about 96 (a chunk of x stays in cache), of equal size in whole
-     * 12-token tiles, so that no chunk is a short remainder that streams the weights for
-     * a few tokens */
+    /* Each thread takes a contiguous range of tokens for every block row (a static schedule
+     * over chunk-major items): it reads only its rows of x and writes only its rows of y, so
+     * both stay in that core's cache from the op before to the op after, which split the
+     * tokens among threads the same way. A range whose x exceeds X_CHUNK_BYTES is cut into
+     * chunks that stay in cache while the weights stream past. Chunk sizes are multiples of
+     * 4 tokens (whole small tiles). */
     if (ntok < 1) return 0;
-    int64_t nchunks = (ntok + 95) / 96;
-    int64_t chunk = (ntok + nchunks - 1) / nchunks;
-    chunk = (chunk + 11) / 12 * 12;
-    nchunks = (ntok + chunk - 1) / chunk;
+    if (nt < 1) nt = 1;
+    int64_t per_thread = (ntok + nt - 1) / nt;
+    int64_t sub = (per_thread * ldx * (int64_t)sizeof(float) + X_CHUNK_BYTES - 1) / X_CHUNK_BYTES;
+    int64_t chunk = (ntok + nt * sub - 1) / (nt * sub);
+    chunk = (chunk + 3) / 4 * 4;
+    int64_t nchunks = (ntok + chunk - 1) / chunk;
     int64_t work = nrows * nchunks;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(nt) if (nt > 1)
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
     for (int64_t i = 0; i < work; i++) {
-        int64_t row = i % nrows, t0 = (i / nrows) * chunk; /* a chunk of x stays in cache */
+        int64_t row = i % nrows, t0 = (i / nrows) * chunk;
         int64_t n = ntok - t0 < chunk ? ntok - t0 : chunk;
         const float *xr = x + t0 * ldx;
         float *yr = y + t0 * ldy + row * r;

@@ -98,6 +98,28 @@ def test_native_bsr_linear_equals_dense(block: tuple[int, int], tokens: int) -> 
 
 
 @needs_native
+def test_native_bsr_splits_tokens_the_same_for_any_thread_count() -> None:
+    """Token ranges per thread, cut into chunks where x passes 1 MB: same values every time."""
+    torch.manual_seed(3)
+    layer = _linear(1024, 64)  # 4 KB a token: 301 tokens are 1.2 MB of x, cut into chunks
+    _prune(layer.weight, 0.25, (16, 16))
+    x = torch.randn(301, 1024)
+    sparse = NativeBsrLinear(layer, detect_layout(weight_matrix(layer)))
+    before = torch.get_num_threads()
+    outputs = []
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            with torch.no_grad():
+                outputs.append(sparse(x))
+    finally:
+        torch.set_num_threads(before)
+    with torch.no_grad():
+        assert_close(outputs[0], layer(x), rtol=1e-4, atol=1e-4)
+    assert all(torch.equal(out, outputs[0]) for out in outputs[1:])
+
+
+@needs_native
 @pytest.mark.parametrize("density", [0.0, 0.05, 0.5, 1.0])
 @pytest.mark.parametrize("block", [(1, 1), (4, 4), (16, 16), (2, 2)])
 def test_native_csr_linear_equals_dense(density: float, block: tuple[int, int]) -> None:
