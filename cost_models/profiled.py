@@ -9,9 +9,12 @@ exactly ``kept`` blocks, and the fastest counts, as in deployment. A least-squar
 ``a`` the fixed cost, in ms. The dense layer's time is measured too: deployment keeps it
 whenever it is faster, so a layer's predicted deployed latency is the smaller of dense and
 the measured times joined by straight lines (``LatencyFit.deployed_ms``); with the time of
-everything else in the model (``base_ms``: the dense model's forward minus its masked
-layers), ``model_latency_ms`` predicts the deployed model's end-to-end latency, which the
-cost report puts beside the measured one. A negative ``a`` is
+everything else in the model (``base_ms``: the forward with every priced Linear and Conv2d
+replaced by a stand-in that returns the output it gave, at no cost), ``model_latency_ms``
+predicts the deployed model's end-to-end latency, which the cost report puts beside the
+measured one. (Subtracting the layers' isolated dense times from the dense forward instead
+leaves a difference of two large, noisy numbers, and the other ops run slower beside dense
+GEMMs than beside sparse ones.) A negative ``a`` is
 refitted through the origin, and a ``b <= 0`` (timing noise larger than the kernel's growth) is
 floored at 1e-3 of the mean per-block time, with a warning. Each fit's error (R^2 and RMS
 relative to the mean time) is kept in ``fits``. Layers with the same shape, input and conv
@@ -172,7 +175,9 @@ class ProfiledCost(CostModelBase):
         self.device = device
         self.seed = int(seed)
         self.fits: dict[str, LatencyFit] = {}
-        self.whole_ms: float | None = None  # the dense model's forward (ms), once measured
+        self.rest_ms: float | None = None  # the forward with the priced layers replayed (ms)
+        self._priced: dict[str, MaskTarget] = {}
+        self._replayed: set[str] = set()  # module names answered by a _Replay in rest_ms
         self._cache: dict[tuple, LatencyFit] = {}
 
     def params(self) -> dict[str, object]:
@@ -205,20 +210,27 @@ class ProfiledCost(CostModelBase):
                 )
             fit = self._profile(model, t, calls[t.name], block_shape, device)
             self.fits[t.name] = fit
+            self._priced[t.name] = t
             costs[t.name] = LayerCost(per_entry=fit.per_block_ms, fixed=fit.fixed_ms)
-        self.whole_ms = self._whole_ms(model, device)
+        self.rest_ms = self._rest_ms(model, device)
         return costs
 
     @property
     def base_ms(self) -> float | None:
-        """The dense model's time outside every fitted layer (ms), once measured.
+        """The model's time outside every fitted layer (ms), once measured.
 
         Every layer ever priced counts (the Sparsifier also prices the layers it leaves
-        dense), so the split does not depend on which call came last."""
-        if self.whole_ms is None:
+        dense), so the split does not depend on which call came last. A layer that cannot be
+        replayed (an attention in-projection, one whose parent reads its weight instead of
+        calling it, or the model itself) counts its dense time."""
+        if self.rest_ms is None:
             return None
-        layers = math.fsum(fit.dense_ms or 0.0 for fit in self.fits.values())
-        return max(self.whole_ms - layers, 0.0)
+        kept_in = math.fsum(
+            self.fits[name].dense_ms or 0.0
+            for name, t in self._priced.items()
+            if t.module_name not in self._replayed
+        )
+        return max(self.rest_ms - kept_in, 0.0)
 
     def layer_latency_ms(self, name: str, kept: int) -> float | None:
         """Predicted deployed latency (ms) of a fitted layer with ``kept`` blocks, else None."""
@@ -241,12 +253,27 @@ class ProfiledCost(CostModelBase):
         )
         return base + layers
 
-    def _whole_ms(self, model: nn.Module, device: torch.device) -> float:
-        """The dense model's forward time at ``batch_size`` on ``device`` (ms)."""
+    def _rest_ms(self, model: nn.Module, device: torch.device) -> float:
+        """The forward time at ``batch_size`` on ``device`` (ms) with every replayable priced
+        layer answering with the output it gave in a first pass."""
         copied = copy.deepcopy(model).to(device).eval()
         gen = torch.Generator().manual_seed(self.seed)
         x = torch.randn((self.batch_size, *self.input_size), generator=gen).to(device)
+        names = sorted({t.module_name for t in self._priced.values() if _replayable(t)})
+        outputs: dict[str, list[object]] = {name: [] for name in names}
+        hooks = [
+            get_submodule(copied, name).register_forward_hook(
+                lambda _m, _args, out, name=name: outputs[name].append(out)
+            )
+            for name in names
+        ]
         with torch.inference_mode(), no_attention_fastpath():
+            copied(x)
+            for hook in hooks:
+                hook.remove()
+            self._replayed = {name for name in names if outputs[name]}  # called as modules
+            for name in self._replayed:
+                copied.set_submodule(name, _Replay(get_submodule(copied, name), outputs[name]))
             return timed_ms(lambda: copied(x), device=device)
 
     def _device(self, model: nn.Module) -> torch.device:
@@ -315,6 +342,29 @@ class ProfiledCost(CostModelBase):
             )
         self._cache[key] = fit
         return fit
+
+
+class _Replay(nn.Module):
+    """Stands in for a layer while the rest of the model is timed: answers each call with the
+    output the layer gave to the same call of the first pass. It keeps the layer's own
+    parameters, so a parent that reads ``weight`` or ``bias`` still finds them."""
+
+    def __init__(self, layer: nn.Module, outputs: list[object]) -> None:
+        super().__init__()
+        for name, param in layer.named_parameters(recurse=False):
+            self.register_parameter(name, param)
+        self.outputs = outputs
+        self.calls = 0
+
+    def forward(self, *args: object, **kwargs: object) -> object:
+        out = self.outputs[self.calls % len(self.outputs)]
+        self.calls += 1
+        return out
+
+
+def _replayable(target: MaskTarget) -> bool:
+    """Whether the target's module can be swapped for a ``_Replay`` (its own Linear/Conv2d)."""
+    return target.kind in ("linear", "conv2d") and bool(target.module_name)
 
 
 def _timed_input_shape(target: MaskTarget, call: LayerCall, batch_size: int) -> tuple[int, ...]:

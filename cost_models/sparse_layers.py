@@ -101,7 +101,7 @@ class NativeBsrLinear(nn.Module):
 
 
 class NativeCsrLinear(nn.Module):
-    """Linear whose sparse weight runs ``native.group_cols`` on the transposed tokens."""
+    """Linear whose sparse weight runs ``native.group_tokens`` (``group_cols``'s row form)."""
 
     kernel = "native_csr"
 
@@ -118,16 +118,12 @@ class NativeCsrLinear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         lead = x.shape[:-1]
         flat = x.reshape(-1, self.in_features)
-        tokens = flat.shape[0]
-        width = native.padded(tokens)
-        xT = torch.empty(1, self.in_features, width, dtype=torch.float32)
-        xT[0, :, :tokens].copy_(flat.t())  # (in, T) in rows of whole cache lines
-        yT = torch.empty(1, self.out_features, width, dtype=torch.float32)[:, :, :tokens]
-        native.group_cols(
-            xT[:, :, :tokens], self.vals, self.col_ptr, self.cols, self.group, self.bias,
-            self.out_features, out=yT,
-        )  # fmt: skip
-        return yT[0].t().contiguous().reshape(*lead, self.out_features)
+        if flat.stride(1) != 1 or flat.dtype != torch.float32:
+            flat = flat.float().contiguous()
+        y = native.group_tokens(
+            flat, self.vals, self.col_ptr, self.cols, self.group, self.bias, self.out_features
+        )
+        return y.reshape(*lead, self.out_features)
 
 
 class NativeCsrConv2d(nn.Module):

@@ -2,7 +2,8 @@
 
 Two kernels (see ``spmm.c``): ``bsr_rows`` (y = x @ W^T for r x c blocks with r a multiple of
 8, row layout, no transposes) and ``group_cols`` (yT = W @ xT with W as groups of rows sharing
-a column list: CSR for unstructured, block rows for blocks; column layout, what im2col gives).
+a column list: CSR for unstructured, block rows for blocks; column layout, what im2col gives),
+with ``group_tokens``, its row-layout form for Linear (the transposes done in the kernel).
 Built like :mod:`spartan_core.native` (cached, ``SPARTAN_NATIVE=0`` turns them off), but with
 floating-point contraction on: inference wants fused multiply-adds, not bit-reproducibility
 with another kernel. float32, contiguous, CPU only; :func:`available` tells whether they load.
@@ -30,6 +31,7 @@ _P, _I, _L = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
 _SIGNATURES = {
     "sp_bsr_rows": ([_P, _L, _L, _P, _P, _P, _L, _I, _I, _P, _P, _L, _I], ctypes.c_int),
     "sp_group_cols": ([_P, _L, _L, _L, _L, _P, _P, _P, _L, _I, _P, _P, _L, _L, _I], None),
+    "sp_group_tokens": ([_P, _L, _L, _L, _P, _P, _P, _L, _I, _P, _P, _L, _L, _P, _P, _L, _I], None),
     "sp_im2col": ([_P, _L, _L, _L, _L, *[_I] * 8, _L, _L, _P, _L, _I], None),
 }
 ALIGN = 16  # floats: rows of xT padded to 64 bytes load whole cache lines
@@ -122,6 +124,36 @@ def group_cols(
     _library().sp_group_cols(
         _ptr(xT), nb, xT.stride(0), xT.stride(1), length, _ptr(vals), _ptr(col_ptr), _ptr(cols),
         col_ptr.numel() - 1, group, _ptr(bias), _ptr(y), y.stride(0), y.stride(1), _threads(),
+    )  # fmt: skip
+    return y
+
+
+def group_tokens(
+    x: Tensor,
+    vals: Tensor,
+    col_ptr: Tensor,
+    cols: Tensor,
+    group: int,
+    bias: Tensor | None,
+    out_features: int,
+) -> Tensor:
+    """y (T, out) = x (T, in) @ W^T + bias with W as for :func:`group_cols`.
+
+    Each thread transposes the tokens it computes into the column layout and back, so the
+    tokens stay in its core's cache between the three steps.
+
+    Args:
+        x: (T, in) float32, rows contiguous (row stride may exceed ``in``).
+    """
+    tokens, width = x.shape
+    ldt = padded(tokens)
+    xT = torch.empty(width, ldt, dtype=torch.float32)
+    yT = torch.empty(out_features, ldt, dtype=torch.float32)
+    y = torch.empty(tokens, out_features, dtype=torch.float32)
+    _library().sp_group_tokens(
+        _ptr(x), tokens, x.stride(0), width, _ptr(vals), _ptr(col_ptr), _ptr(cols),
+        col_ptr.numel() - 1, group, _ptr(bias), _ptr(y), out_features, out_features, _ptr(xT),
+        _ptr(yT), ldt, _threads(),
     )  # fmt: skip
     return y
 

@@ -23,6 +23,9 @@
 
 typedef float v8 __attribute__((vector_size(32)));
 
+/* the x (or xT) one thread works on at a time, cut to stay in its core's cache */
+#define CHUNK_BYTES (1 << 20)
+
 static inline v8 ld(const float *p) {
     v8 v;
     memcpy(&v, p, sizeof v);
@@ -172,8 +175,6 @@ BSR16_ROW(1)
 BSR16_ROW(2)
 #endif
 
-#define X_CHUNK_BYTES (1 << 20)
-
 /* x (B, T, in) rows of ldx floats; y (B, T, out). row_ptr (R + 1,) over block rows of r
  * outputs, cols (n_blocks,) block-column indices, vals (n_blocks, c, r), bias (out,) or NULL.
  * Returns 0, or -1 for an unsupported r. */
@@ -184,13 +185,13 @@ int sp_bsr_rows(const float *x, int64_t ntok, int64_t ldx, const float *vals,
     /* Each thread takes a contiguous range of tokens for every block row (a static schedule
      * over chunk-major items): it reads only its rows of x and writes only its rows of y, so
      * both stay in that core's cache from the op before to the op after, which split the
-     * tokens among threads the same way. A range whose x exceeds X_CHUNK_BYTES is cut into
+     * tokens among threads the same way. A range whose x exceeds CHUNK_BYTES is cut into
      * chunks that stay in cache while the weights stream past. Chunk sizes are multiples of
      * 4 tokens (whole small tiles). */
     if (ntok < 1) return 0;
     if (nt < 1) nt = 1;
     int64_t per_thread = (ntok + nt - 1) / nt;
-    int64_t sub = (per_thread * ldx * (int64_t)sizeof(float) + X_CHUNK_BYTES - 1) / X_CHUNK_BYTES;
+    int64_t sub = (per_thread * ldx * (int64_t)sizeof(float) + CHUNK_BYTES - 1) / CHUNK_BYTES;
     int64_t chunk = (ntok + nt * sub - 1) / (nt * sub);
     chunk = (chunk + 3) / 4 * 4;
     int64_t nchunks = (ntok + chunk - 1) / chunk;
@@ -297,47 +298,138 @@ COL_SPAN(1, 6)
 COL_SPAN(2, 4)
 COL_SPAN(4, 3)
 
+/* Positions [p0, p1) of group g: yT rows g * G ... g * G + G - 1 (yT points at the sample). */
+static void group_span(const float *xT, int64_t ldx, const float *vals, const int64_t *col_ptr,
+                       const int32_t *cols, int64_t g, int G, const float *bias, float *yT,
+                       int64_t ldy, int64_t p0, int64_t p1) {
+    int64_t c0 = col_ptr[g], n = col_ptr[g + 1] - c0;
+    const int32_t *gc = cols + c0;
+    const float *gw = vals + c0 * G;
+    int q = 0;
+    for (; q + 4 <= G; q += 4)
+        col_span_4(xT, ldx, gw + q, G, gc, n, bias ? bias + g * G + q : 0,
+                   yT + (g * G + q) * ldy, ldy, p0, p1);
+    for (; q + 2 <= G; q += 2)
+        col_span_2(xT, ldx, gw + q, G, gc, n, bias ? bias + g * G + q : 0,
+                   yT + (g * G + q) * ldy, ldy, p0, p1);
+    for (; q < G; q++)
+        col_span_1(xT, ldx, gw + q, G, gc, n, bias ? bias + g * G + q : 0,
+                   yT + (g * G + q) * ldy, ldy, p0, p1);
+}
+
+/* How the positions of one call are shared out. Where each thread's part of xT passes
+ * CHUNK_BYTES it is cut into chunks that stay in that core's cache; when the chunks are at
+ * least MIN_AFFINE positions wide (a 48-wide tile), each thread takes contiguous chunks for
+ * every group (a static, chunk-major schedule: it reads only its columns of xT and writes
+ * only its columns of yT). Otherwise groups are shared out dynamically, positions cut only
+ * when there are too few groups to keep every thread busy. */
+#define MIN_AFFINE 40
+
+typedef struct {
+    int64_t nchunks;
+    int affine;
+} plan_t;
+
+static plan_t plan_positions(int64_t nb, int64_t K, int64_t L, int64_t ngroups, int nt) {
+    int64_t split = nb < nt ? (nt + nb - 1) / nb : 1; /* thread ranges per sample */
+    int64_t per = (L + split - 1) / split;
+    int64_t sub = (K * per * (int64_t)sizeof(float) + CHUNK_BYTES - 1) / CHUNK_BYTES;
+    plan_t plan = {split * sub, 1};
+    if (plan.nchunks > 1 && L / plan.nchunks < MIN_AFFINE) {
+        plan.affine = 0;
+        plan.nchunks = 1;
+        while (nb * ngroups * plan.nchunks < 8 * (int64_t)nt && L / (plan.nchunks * 2) >= 48)
+            plan.nchunks *= 2;
+    }
+    return plan;
+}
+
+/* chunk ch of nchunks over [0, L): boundaries on multiples of 8, the last chunk ends at L */
+static inline int64_t chunk_start(int64_t ch, int64_t nchunks, int64_t L) {
+    return ch >= nchunks ? L : ch * L / nchunks / 8 * 8;
+}
+
 /* xT (B, K, L) with sample stride sx and row stride ldx; yT (B, out, L) with sample stride sy
  * and row stride ldy. Groups: group g covers rows [g * G, g * G + G) and columns
  * cols[col_ptr[g] : col_ptr[g + 1]], with values vals[col_ptr[g] * G ...] laid out (n_cols, G).
- * Positions are split into chunks (multiples of 8 wide) only when there are too few groups
- * to keep every thread busy. */
+ * Positions are shared out as plan_positions says. */
 void sp_group_cols(const float *xT, int64_t nb, int64_t sx, int64_t ldx, int64_t L,
                    const float *vals, const int64_t *col_ptr, const int32_t *cols,
                    int64_t ngroups, int G, const float *bias, float *yT, int64_t sy,
                    int64_t ldy, int nt) {
     if (L < 1 || nb < 1 || ngroups < 1) return;
-    int64_t items = nb * ngroups, nchunks = 1;
-    while (items * nchunks < 8 * (int64_t)nt && L / (nchunks * 2) >= 48) nchunks *= 2;
-    int64_t chunk = (L + nchunks - 1) / nchunks;
-    chunk = (chunk + 7) / 8 * 8;
-    nchunks = (L + chunk - 1) / chunk;
-    int64_t work = items * nchunks;
+    if (nt < 1) nt = 1;
+    plan_t plan = plan_positions(nb, ldx ? sx / ldx : 1, L, ngroups, nt);
+    int64_t nch = plan.nchunks, work = nb * nch * ngroups;
+    if (plan.affine) {
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+        for (int64_t i = 0; i < work; i++) {
+            int64_t b = i / (ngroups * nch), ch = (i / ngroups) % nch, g = i % ngroups;
+            group_span(xT + b * sx, ldx, vals, col_ptr, cols, g, G, bias, yT + b * sy, ldy,
+                       chunk_start(ch, nch, L), chunk_start(ch + 1, nch, L));
+        }
+    } else {
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nt) if (nt > 1)
-    for (int64_t i = 0; i < work; i++) {
-        int64_t b = i / (ngroups * nchunks);
-        int64_t g = (i / nchunks) % ngroups;
-        int64_t p0 = (i % nchunks) * chunk, p1 = p0 + chunk < L ? p0 + chunk : L;
-        const float *x = xT + b * sx;
-        int64_t c0 = col_ptr[g], n = col_ptr[g + 1] - c0;
-        const int32_t *gc = cols + c0;
-        const float *gw = vals + c0 * G;
-        int q = 0;
-        for (; q + 4 <= G; q += 4) {
-            float *y = yT + b * sy + (g * G + q) * ldy;
-            const float *bq = bias ? bias + g * G + q : 0;
-            col_span_4(x, ldx, gw + q, G, gc, n, bq, y, ldy, p0, p1);
+        for (int64_t i = 0; i < work; i++) {
+            int64_t b = i / (ngroups * nch), g = (i / nch) % ngroups, ch = i % nch;
+            group_span(xT + b * sx, ldx, vals, col_ptr, cols, g, G, bias, yT + b * sy, ldy,
+                       chunk_start(ch, nch, L), chunk_start(ch + 1, nch, L));
         }
-        for (; q + 2 <= G; q += 2) {
-            float *y = yT + b * sy + (g * G + q) * ldy;
-            const float *bq = bias ? bias + g * G + q : 0;
-            col_span_2(x, ldx, gw + q, G, gc, n, bq, y, ldy, p0, p1);
+    }
+}
+
+/* dst[i * ldd + j] = src[j * lds + i] for i in [i0, i1), j in [j0, j1), in tiles that keep
+ * both sides' lines in cache */
+static void transpose(const float *src, int64_t lds, float *dst, int64_t ldd, int64_t i0,
+                      int64_t i1, int64_t j0, int64_t j1) {
+    for (int64_t ib = i0; ib < i1; ib += 64) {
+        int64_t ie = ib + 64 < i1 ? ib + 64 : i1;
+        for (int64_t jb = j0; jb < j1; jb += 8) {
+            int64_t je = jb + 8 < j1 ? jb + 8 : j1;
+            for (int64_t i = ib; i < ie; i++)
+                for (int64_t j = jb; j < je; j++) dst[i * ldd + j] = src[j * lds + i];
         }
-        for (; q < G; q++) {
-            float *y = yT + b * sy + (g * G + q) * ldy;
-            const float *bq = bias ? bias + g * G + q : 0;
-            col_span_1(x, ldx, gw + q, G, gc, n, bq, y, ldy, p0, p1);
+    }
+}
+
+/* The Linear form of sp_group_cols: y (T, out) = x (T, K) @ W^T (+ bias) in row layout, with
+ * the transposes to and from the column layout done here, each thread on the tokens it
+ * computes (xT (K, ldt) and yT (out, ldt) are scratch, ldt >= T). With affine chunks the
+ * whole call is one pass per chunk (in, groups, out) that stays in the thread's cache. */
+void sp_group_tokens(const float *x, int64_t T, int64_t ldx, int64_t K, const float *vals,
+                     const int64_t *col_ptr, const int32_t *cols, int64_t ngroups, int G,
+                     const float *bias, float *y, int64_t ldy, int64_t out, float *xT,
+                     float *yT, int64_t ldt, int nt) {
+    if (T < 1 || ngroups < 1) return;
+    if (nt < 1) nt = 1;
+    plan_t plan = plan_positions(1, K, T, ngroups, nt);
+    int64_t nch = plan.nchunks;
+    if (plan.affine) {
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+        for (int64_t ch = 0; ch < nch; ch++) {
+            int64_t p0 = chunk_start(ch, nch, T), p1 = chunk_start(ch + 1, nch, T);
+            transpose(x, ldx, xT, ldt, 0, K, p0, p1);
+            for (int64_t g = 0; g < ngroups; g++)
+                group_span(xT, ldt, vals, col_ptr, cols, g, G, bias, yT, ldt, p0, p1);
+            transpose(yT, ldt, y, ldy, p0, p1, 0, out);
         }
+        return;
+    }
+    int64_t work = ngroups * nch;
+#pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+#pragma omp for schedule(static)
+        for (int64_t k = 0; k < K; k += 64)
+            transpose(x, ldx, xT, ldt, k, k + 64 < K ? k + 64 : K, 0, T);
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t i = 0; i < work; i++) {
+            int64_t g = i / nch, ch = i % nch;
+            group_span(xT, ldt, vals, col_ptr, cols, g, G, bias, yT, ldt,
+                       chunk_start(ch, nch, T), chunk_start(ch + 1, nch, T));
+        }
+#pragma omp for schedule(static)
+        for (int64_t t = 0; t < T; t += 8)
+            transpose(yT, ldt, y, ldy, t, t + 8 < T ? t + 8 : T, 0, out);
     }
 }
 

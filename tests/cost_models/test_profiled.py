@@ -86,6 +86,46 @@ def test_attention_layers_are_profiled() -> None:
     costs = cm.layer_costs(layer, maskable_targets(layer), (1, 1))
     assert costs["self_attn.in_proj_weight"].per_entry > 0
     assert costs["self_attn.out_proj.weight"].per_entry > 0
+    # MultiheadAttention reads out_proj.weight instead of calling out_proj: both of its
+    # weights count their dense time in the rest; the feed-forward Linears are replayed
+    assert cm._replayed == {"linear1", "linear2"}
+    attention = ("self_attn.in_proj_weight", "self_attn.out_proj.weight")
+    assert cm.base_ms == pytest.approx(
+        max(cm.rest_ms - sum(cm.fits[name].dense_ms for name in attention), 0.0)
+    )
+
+
+def test_the_rest_of_the_model_is_timed_with_its_layers_replayed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from cost_models import profiled
+
+    ran: list[str] = []
+
+    class Counted(nn.Linear):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            ran.append("layer")
+            return super().forward(x)
+
+    torch.manual_seed(0)
+    model = nn.Sequential(Counted(6, 12), nn.ReLU(), Counted(12, 3)).eval()
+    timed: list[tuple[int, object]] = []
+
+    def fake_timed_ms(fn, *, device=None):  # noqa: ANN001, ANN202
+        before = len(ran)
+        out = fn()
+        timed.append((len(ran) - before, out))
+        return 2.5
+
+    monkeypatch.setattr(profiled, "timed_ms", fake_timed_ms)
+    cm = cost_models.get("profiled", **{**FAST, "input_size": (6,)})
+    cm.layer_costs(model, maskable_targets(model), (1, 1))
+    (layers_run, out), = timed
+    assert layers_run == 0  # every priced layer answered by its replay
+    x = torch.randn((1, 6), generator=torch.Generator().manual_seed(cm.seed))
+    with torch.no_grad():
+        assert torch.equal(out, model(x))  # the replays give what the layers gave
+    assert cm.rest_ms == 2.5 and cm.base_ms == 2.5
 
 
 @pytest.mark.parametrize(
