@@ -186,11 +186,17 @@ def no_attention_fastpath() -> Iterator[None]:
 
 
 def median_ms(
-    fn: Callable[[], object], *, repeats: int, warmup: int = 1, device: torch.device | None = None
+    fn: Callable[[], object],
+    *,
+    repeats: int,
+    warmup: int = 1,
+    device: torch.device | None = None,
+    before: Callable[[], object] | None = None,
 ) -> float:
     """Median wall time of ``fn()`` over ``repeats`` runs after ``warmup`` runs, in ms.
 
     On CUDA the device is synchronised around each run so the time covers the kernels.
+    ``before``, when given, runs untimed before each timed run (to clear caches, say).
     """
     if repeats < 1:
         raise ValueError(f"repeats: expected a positive integer, got {repeats!r}")
@@ -204,6 +210,8 @@ def median_ms(
         fn()
     times = []
     for _ in range(repeats):
+        if before is not None:
+            before()
         sync()
         start = time.perf_counter()
         fn()

@@ -13,10 +13,14 @@
  *   block rows of r x c blocks, columns expanded). Column layout: vectorised over L, which is
  *   what im2col (conv, NCHW) gives, so convolutions need no transposes. A tile of RC rows x
  *   8 * V positions stays in registers while the group's columns stream past.
+ *   sp_group_tokens is its Linear form in row layout: the transposes to and from the column
+ *   layout are done in the kernel, each thread on the tokens it computes.
  *
- * Both are parallel over output tiles with OpenMP (each output written by one thread once, so
- * results do not depend on the thread count), and use the compiler's vector extensions, which
- * map to AVX/FMA or NEON under -march=native.
+ * All are parallel with OpenMP, each thread on contiguous tokens / positions where they are
+ * wide enough (its part of the input and output stays in its core's cache), each output
+ * written once by one thread in the same order whatever the split (results do not depend on
+ * the thread count), and use the compiler's vector extensions, which map to AVX/FMA, AVX-512
+ * or NEON under -march=native.
  */
 #include <stdint.h>
 #include <string.h>

@@ -97,23 +97,53 @@ def test_native_bsr_linear_equals_dense(block: tuple[int, int], tokens: int) -> 
         assert_close(sparse(x3), layer(x3), rtol=1e-4, atol=1e-4)
 
 
-@needs_native
-def test_native_bsr_splits_tokens_the_same_for_any_thread_count() -> None:
-    """Token ranges per thread, cut into chunks where x passes 1 MB: same values every time."""
-    torch.manual_seed(3)
-    layer = _linear(1024, 64)  # 4 KB a token: 301 tokens are 1.2 MB of x, cut into chunks
-    _prune(layer.weight, 0.25, (16, 16))
-    x = torch.randn(301, 1024)
-    sparse = NativeBsrLinear(layer, detect_layout(weight_matrix(layer)))
+def _per_thread_count(module: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
     before = torch.get_num_threads()
     outputs = []
     try:
         for threads in (1, 2, 3):
             torch.set_num_threads(threads)
             with torch.no_grad():
-                outputs.append(sparse(x))
+                outputs.append(module(x))
     finally:
         torch.set_num_threads(before)
+    return outputs
+
+
+@needs_native
+@pytest.mark.parametrize(
+    ("kind", "block", "tokens"),
+    [
+        ("bsr", (16, 16), 301),  # 4 KB a token: 301 tokens are 1.2 MB of x, cut into chunks
+        ("csr", (1, 1), 301),  # chunks of a thread's tokens, each in, groups, out
+        ("csr", (16, 16), 301),
+        ("csr", (1, 1), 30),  # too few tokens for chunks: groups shared out dynamically
+    ],
+)
+def test_native_linear_gives_the_same_values_for_any_thread_count(
+    kind: str, block: tuple[int, int], tokens: int
+) -> None:
+    torch.manual_seed(3)
+    layer = _linear(1024, 64)
+    _prune(layer.weight, 0.25, block)
+    x = torch.randn(tokens, 1024)
+    cls = NativeBsrLinear if kind == "bsr" else NativeCsrLinear
+    sparse = cls(layer, detect_layout(weight_matrix(layer)))
+    outputs = _per_thread_count(sparse, x)
+    with torch.no_grad():
+        assert_close(outputs[0], layer(x), rtol=1e-4, atol=1e-4)
+    assert all(torch.equal(out, outputs[0]) for out in outputs[1:])
+
+
+@needs_native
+@pytest.mark.parametrize("batch", [1, 3])
+def test_native_conv_gives_the_same_values_for_any_thread_count(batch: int) -> None:
+    torch.manual_seed(4)
+    layer = nn.Conv2d(64, 32, 3, padding=1).eval()  # 576 x 784 of xT: 1.8 MB, in chunks
+    _prune(layer.weight, 0.2)
+    x = torch.randn(batch, 64, 28, 28)
+    sparse = NativeCsrConv2d(layer, detect_layout(weight_matrix(layer)))
+    outputs = _per_thread_count(sparse, x)
     with torch.no_grad():
         assert_close(outputs[0], layer(x), rtol=1e-4, atol=1e-4)
     assert all(torch.equal(out, outputs[0]) for out in outputs[1:])

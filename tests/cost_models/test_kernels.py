@@ -69,6 +69,30 @@ def test_sparse_model_matches_the_dense_model(tiny_convnet: nn.Module) -> None:
         torch.testing.assert_close(sparse(x), tiny_convnet(x))
 
 
+def test_median_ms_runs_before_untimed_before_each_timed_run() -> None:
+    order: list[str] = []
+    median_ms(lambda: order.append("run"), repeats=3, warmup=1, before=lambda: order.append("evict"))
+    assert order == ["run", "evict", "run", "evict", "run", "evict", "run"]
+
+
+def test_profiled_times_layers_with_their_weights_evicted(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cost_models import profiled
+
+    evicted: list[int] = []
+    real = profiled._cache_evictor
+
+    def counting(device: torch.device):  # noqa: ANN202
+        evict = real(device)
+        return lambda: (evicted.append(1), evict())
+
+    monkeypatch.setattr(profiled, "_cache_evictor", counting)
+    model = nn.Sequential(nn.Linear(8, 8))
+    cm = profiled.ProfiledCost(input_size=(8,), densities=(0.5, 1.0), repeats=2, warmup=0)
+    cm.layer_costs(model, maskable_targets(model), (1, 1))
+    densities = len(cm.fits["0.weight"].kept_blocks)
+    assert len(evicted) >= 2 * (1 + densities)  # 2 repeats: dense, >= 1 candidate a density
+
+
 def test_median_ms() -> None:
     calls = []
     assert median_ms(lambda: calls.append(1), repeats=3, warmup=2) >= 0
