@@ -5,9 +5,9 @@ and ``batch_size`` samples, the sparse kernels deployment chooses from
 (``cost_models.deployment.sparse_candidates``: our block-sparse and column kernels on CPU, torch's
 CSR/BSR, the CUDA kernels on a GPU) are timed at several densities, each a random set of
 exactly ``kept`` blocks, and the fastest counts, as in deployment. Before each timed run a
-64 MB buffer is written, so the layer starts as it does inside the model, its weights no
-longer in the core's caches (timed hot, the layers predicted 6-18% under the deployed model;
-evicted, 7-11% over). A least-squares line
+64 MB buffer is written and the input read, so the layer starts as it does inside the model:
+its weights no longer in the core's caches, its input just written (timed hot, the model
+predictions fell 6-18% under the deployed latency). A least-squares line
 ``latency = a + b * kept_blocks`` is fitted per layer; ``b`` is the cost per kept block and
 ``a`` the fixed cost, in ms. The dense layer's time is measured too: deployment keeps it
 whenever it is faster, so a layer's predicted deployed latency is the smaller of dense and
@@ -312,7 +312,7 @@ class ProfiledCost(CostModelBase):
             for c in calls
         ]
         weight = torch.randn(target.shape, generator=gen)
-        evict = _cache_evictor(device)
+        evict = _cache_evictor(device, inputs)
 
         def run_all(layer: nn.Module) -> float:
             def run() -> None:
@@ -353,11 +353,18 @@ class ProfiledCost(CostModelBase):
 EVICT_BYTES = 64 << 20  # more than the caches a layer's weights would stay in between runs
 
 
-def _cache_evictor(device: torch.device) -> Callable[[], None]:
-    """Writes a buffer larger than the core caches, so that a layer timed alone starts, as
-    inside the model, with its weights no longer cached (the other layers' passed through)."""
+def _cache_evictor(device: torch.device, inputs: Sequence[torch.Tensor]) -> Callable[[], None]:
+    """Writes a buffer larger than the core caches, then reads ``inputs``: a layer timed alone
+    then starts as it does inside the model, its weights no longer cached (the other layers'
+    passed through since its last call), its input just written by the op before."""
     buffer = torch.empty(EVICT_BYTES // 4, dtype=torch.float32, device=device)
-    return lambda: buffer.fill_(1.0)
+
+    def evict() -> None:
+        buffer.fill_(1.0)
+        for x in inputs:
+            x.sum()
+
+    return evict
 
 
 class _Replay(nn.Module):

@@ -81,8 +81,8 @@ def test_profiled_times_layers_with_their_weights_evicted(monkeypatch: pytest.Mo
     evicted: list[int] = []
     real = profiled._cache_evictor
 
-    def counting(device: torch.device):  # noqa: ANN202
-        evict = real(device)
+    def counting(device: torch.device, inputs: list[torch.Tensor]):  # noqa: ANN202
+        evict = real(device, inputs)
         return lambda: (evicted.append(1), evict())
 
     monkeypatch.setattr(profiled, "_cache_evictor", counting)
