@@ -5,7 +5,7 @@ and ``batch_size`` samples, the sparse kernels deployment chooses from
 (``cost_models.deployment.sparse_candidates``: our block-sparse and column kernels on CPU, torch's
 CSR/BSR, the CUDA kernels on a GPU) are timed at several densities, each a random set of
 exactly ``kept`` blocks, and the fastest counts, as in deployment. Before each timed run a
-64 MB buffer is written and the input read, so the layer starts as it does inside the model:
+buffer is written (4 MB a CPU thread, 64 MB on CUDA) and the input read, so the layer starts as it does inside the model:
 its weights no longer in the core's caches, its input just written (timed hot, the model
 predictions fell 6-18% under the deployed latency). A least-squares line
 ``latency = a + b * kept_blocks`` is fitted per layer; ``b`` is the cost per kept block and
@@ -350,14 +350,20 @@ class ProfiledCost(CostModelBase):
         return fit
 
 
-EVICT_BYTES = 64 << 20  # more than the caches a layer's weights would stay in between runs
+EVICT_BYTES_PER_THREAD = 4 << 20  # CPU: twice a core's L2 here, written by each thread
+EVICT_BYTES_CUDA = 64 << 20  # more than a GPU's L2
 
 
 def _cache_evictor(device: torch.device, inputs: Sequence[torch.Tensor]) -> Callable[[], None]:
-    """Writes a buffer larger than the core caches, then reads ``inputs``: a layer timed alone
-    then starts as it does inside the model, its weights no longer cached (the other layers'
+    """Writes a buffer larger than the caches, then reads ``inputs``: a layer timed alone then
+    starts as it does inside the model, its weights no longer cached (the other layers'
     passed through since its last call), its input just written by the op before."""
-    buffer = torch.empty(EVICT_BYTES // 4, dtype=torch.float32, device=device)
+    size = (
+        EVICT_BYTES_CUDA
+        if device.type == "cuda"
+        else EVICT_BYTES_PER_THREAD * max(1, torch.get_num_threads())
+    )
+    buffer = torch.empty(size // 4, dtype=torch.float32, device=device)
 
     def evict() -> None:
         buffer.fill_(1.0)
