@@ -2,26 +2,25 @@
 
 For each masked layer, with the input shape it sees for ``input_size`` (one shape-probing pass)
 and ``batch_size`` samples, the sparse kernels deployment chooses from
-(``cost_models.deployment.sparse_candidates``: our block-sparse and column kernels on CPU, torch's
-CSR/BSR, the CUDA kernels on a GPU) are timed at several densities, each a random set of
+(``cost_models.deployment.sparse_candidates``: our block-sparse and column kernels on CPU,
+torch's CSR/BSR, the CUDA kernels on a GPU) are timed at several densities, each a random set of
 exactly ``kept`` blocks, and the fastest counts, as in deployment. Before each timed run a
-buffer is written (4 MB a CPU thread, 64 MB on CUDA) and the input read, so the layer starts as it does inside the model:
-its weights no longer in the core's caches, its input just written (timed hot, the model
-predictions fell 6-18% under the deployed latency). A least-squares line
+buffer is written (4 MB a CPU thread, 64 MB on CUDA) and the input read, so the layer starts as
+it does inside the model: its weights no longer in the core's caches, its input just written
+(timed hot, the model predictions fell 6-18% under the deployed latency). A least-squares line
 ``latency = a + b * kept_blocks`` is fitted per layer; ``b`` is the cost per kept block and
 ``a`` the fixed cost, in ms. The dense layer's time is measured too: deployment keeps it
-whenever it is faster, so a layer's predicted deployed latency is the smaller of dense and
-the measured times joined by straight lines (``LatencyFit.deployed_ms``); with the time of
+whenever it is faster, so a layer's predicted deployed latency is the smaller of dense and the
+measured times joined by straight lines (``LatencyFit.deployed_ms``); with the time of
 everything else in the model (``base_ms``: the forward with every priced Linear and Conv2d
 replaced by a stand-in that returns the output it gave, at no cost), ``model_latency_ms``
-predicts the deployed model's end-to-end latency, which the cost report puts beside the
-measured one. (Subtracting the layers' isolated dense times from the dense forward instead
-leaves a difference of two large, noisy numbers, and the other ops run slower beside dense
-GEMMs than beside sparse ones.) A negative ``a`` is
-refitted through the origin, and a ``b <= 0`` (timing noise larger than the kernel's growth) is
-floored at 1e-3 of the mean per-block time, with a warning. Each fit's error (R^2 and RMS
-relative to the mean time) is kept in ``fits``. Layers with the same shape, input and conv
-settings are measured once.
+predicts the deployed model's end-to-end latency, which the cost report puts beside the measured
+one. (Subtracting the layers' isolated dense times from the dense forward instead leaves a
+difference of two large, noisy numbers, and the other ops run slower beside dense GEMMs than
+beside sparse ones.) A negative ``a`` is refitted through the origin, and a ``b <= 0`` (timing
+noise larger than the kernel's growth) is floored at 1e-3 of the mean per-block time, with a
+warning. Each fit's error (R^2 and RMS relative to the mean time) is kept in ``fits``. Layers
+with the same shape, input and conv settings are measured once.
 """
 
 from __future__ import annotations

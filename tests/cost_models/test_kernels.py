@@ -71,7 +71,9 @@ def test_sparse_model_matches_the_dense_model(tiny_convnet: nn.Module) -> None:
 
 def test_median_ms_runs_before_untimed_before_each_timed_run() -> None:
     order: list[str] = []
-    median_ms(lambda: order.append("run"), repeats=3, warmup=1, before=lambda: order.append("evict"))
+    median_ms(
+        lambda: order.append("run"), repeats=3, warmup=1, before=lambda: order.append("evict")
+    )
     assert order == ["run", "evict", "run", "evict", "run", "evict", "run"]
 
 
@@ -81,7 +83,7 @@ def test_profiled_times_layers_with_their_weights_evicted(monkeypatch: pytest.Mo
     evicted: list[int] = []
     real = profiled._cache_evictor
 
-    def counting(device: torch.device, inputs: list[torch.Tensor]):  # noqa: ANN202
+    def counting(device: torch.device, inputs: list[torch.Tensor]):
         evict = real(device, inputs)
         return lambda: (evicted.append(1), evict())
 

@@ -111,7 +111,7 @@ def test_the_rest_of_the_model_is_timed_with_its_layers_replayed(
     model = nn.Sequential(Counted(6, 12), nn.ReLU(), Counted(12, 3)).eval()
     timed: list[tuple[int, object]] = []
 
-    def fake_timed_ms(fn, *, device=None):  # noqa: ANN001, ANN202
+    def fake_timed_ms(fn, *, device=None):
         before = len(ran)
         out = fn()
         timed.append((len(ran) - before, out))
@@ -120,7 +120,7 @@ def test_the_rest_of_the_model_is_timed_with_its_layers_replayed(
     monkeypatch.setattr(profiled, "timed_ms", fake_timed_ms)
     cm = cost_models.get("profiled", **{**FAST, "input_size": (6,)})
     cm.layer_costs(model, maskable_targets(model), (1, 1))
-    (layers_run, out), = timed
+    ((layers_run, out),) = timed
     assert layers_run == 0  # every priced layer answered by its replay
     x = torch.randn((1, 6), generator=torch.Generator().manual_seed(cm.seed))
     with torch.no_grad():
