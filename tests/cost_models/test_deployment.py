@@ -97,17 +97,20 @@ def test_native_bsr_linear_equals_dense(block: tuple[int, int], tokens: int) -> 
         assert_close(sparse(x3), layer(x3), rtol=1e-4, atol=1e-4)
 
 
-def _per_thread_count(module: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+def _assert_same_for_any_thread_count(sparse: nn.Module, dense: nn.Module, x: torch.Tensor) -> None:
+    """``sparse`` equals ``dense`` on ``x``, and gives the same bits for 1, 2 and 3 threads."""
     before = torch.get_num_threads()
     outputs = []
     try:
         for threads in (1, 2, 3):
             torch.set_num_threads(threads)
             with torch.no_grad():
-                outputs.append(module(x))
+                outputs.append(sparse(x))
     finally:
         torch.set_num_threads(before)
-    return outputs
+    with torch.no_grad():
+        assert_close(outputs[0], dense(x), rtol=1e-4, atol=1e-4)
+    assert all(torch.equal(out, outputs[0]) for out in outputs[1:])
 
 
 @needs_native
@@ -129,10 +132,7 @@ def test_native_linear_gives_the_same_values_for_any_thread_count(
     x = torch.randn(tokens, 1024)
     cls = NativeBsrLinear if kind == "bsr" else NativeCsrLinear
     sparse = cls(layer, detect_layout(weight_matrix(layer)))
-    outputs = _per_thread_count(sparse, x)
-    with torch.no_grad():
-        assert_close(outputs[0], layer(x), rtol=1e-4, atol=1e-4)
-    assert all(torch.equal(out, outputs[0]) for out in outputs[1:])
+    _assert_same_for_any_thread_count(sparse, layer, x)
 
 
 @needs_native
@@ -143,10 +143,7 @@ def test_native_conv_gives_the_same_values_for_any_thread_count(batch: int) -> N
     _prune(layer.weight, 0.2)
     x = torch.randn(batch, 64, 28, 28)
     sparse = NativeCsrConv2d(layer, detect_layout(weight_matrix(layer)))
-    outputs = _per_thread_count(sparse, x)
-    with torch.no_grad():
-        assert_close(outputs[0], layer(x), rtol=1e-4, atol=1e-4)
-    assert all(torch.equal(out, outputs[0]) for out in outputs[1:])
+    _assert_same_for_any_thread_count(sparse, layer, x)
 
 
 @needs_native
