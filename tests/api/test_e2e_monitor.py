@@ -99,7 +99,9 @@ def test_watch_a_training_job_live(live_service: tuple[str, str], tmp_path: Path
 
         series = client.metrics(job_id)
         points, epochs = series["points"], series["epochs"]
-        assert sizes[0] < sizes[1] < len(points)  # the series grew while it ran
+        # the series grew while it ran (the worker may store both first points before the
+        # stream delivers the first, so the first two sizes can be equal under load)
+        assert sizes[0] <= sizes[1] < len(points)
         ids = [int(e.id) for e in first + rest]
         assert ids == sorted(ids)
         # every stored point reached the client, in order (status events may repeat a step)
