@@ -100,8 +100,6 @@ def group_cols(
     group: int,
     bias: Tensor | None,
     out_features: int,
-    *,
-    out: Tensor | None = None,
 ) -> Tensor:
     """yT (B, out, L) = W (out, K) @ xT (B, K, L) + bias[:, None].
 
@@ -113,14 +111,11 @@ def group_cols(
         cols: (n_cols,) int32 column indices.
         group: rows per group (1: CSR).
         bias: (out,) or None.
-        out: (B, out, L) with contiguous rows to write into (a new tensor when None).
     """
     nb, _, length = xT.shape
     if xT.stride(2) != 1:
         raise ValueError("xT: rows must be contiguous")
-    y = torch.empty(nb, out_features, length, dtype=torch.float32) if out is None else out
-    if y.shape != (nb, out_features, length) or y.stride(2) != 1:
-        raise ValueError(f"out: expected ({nb}, {out_features}, {length}) with contiguous rows")
+    y = torch.empty(nb, out_features, length, dtype=torch.float32)
     _library().sp_group_cols(
         _ptr(xT), nb, xT.stride(0), xT.stride(1), length, _ptr(vals), _ptr(col_ptr), _ptr(cols),
         col_ptr.numel() - 1, group, _ptr(bias), _ptr(y), y.stride(0), y.stride(1), _threads(),
